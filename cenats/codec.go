@@ -162,7 +162,9 @@ func Decode(h nats.Header, body []byte, opts DecodeOptions) (event.Event, error)
 func decodeBinary(attrs []attr, body []byte) (event.Event, error) {
 	// Attributes are checked in a fixed order so that the first complaint
 	// is the same for the same message.
-	sort.Slice(attrs, func(i, j int) bool { return attrRank(attrs[i].name) < attrRank(attrs[j].name) || attrRank(attrs[i].name) == attrRank(attrs[j].name) && attrs[i].name < attrs[j].name })
+	sort.Slice(attrs, func(i, j int) bool {
+		return attrRank(attrs[i].name) < attrRank(attrs[j].name) || attrRank(attrs[i].name) == attrRank(attrs[j].name) && attrs[i].name < attrs[j].name
+	})
 
 	spec := ""
 	for _, a := range attrs {
@@ -280,7 +282,9 @@ func check(e *event.Event, prefix string) error {
 	for name := range verr {
 		names = append(names, name)
 	}
-	sort.Slice(names, func(i, j int) bool { return attrRank(names[i]) < attrRank(names[j]) || attrRank(names[i]) == attrRank(names[j]) && names[i] < names[j] })
+	sort.Slice(names, func(i, j int) bool {
+		return attrRank(names[i]) < attrRank(names[j]) || attrRank(names[i]) == attrRank(names[j]) && names[i] < names[j]
+	})
 	name := names[0]
 	return reject(prefix+strings.TrimPrefix(name, "extension:"), "%v", verr[name])
 }
