@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -34,6 +35,17 @@ type tokenSource struct {
 	sem      chan struct{} // holds tok, obtained
 	tok      *oauth2.Token
 	obtained time.Time
+
+	recentMu sync.Mutex
+	recent   [2]string // the last two access tokens, for redaction
+}
+
+// secrets returns the client secret and the recent access tokens: texts
+// that must be redacted from anything the client reports.
+func (s *tokenSource) secrets() []string {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	return []string{s.cfg.ClientSecret, s.recent[0], s.recent[1]}
 }
 
 func newTokenSource(cfg Config, hc *http.Client, logger *slog.Logger, m *metrics) *tokenSource {
@@ -78,6 +90,9 @@ func (s *tokenSource) token(ctx context.Context) (string, error) {
 		tok.Expiry = now.Add(DefaultTokenLife)
 	}
 	s.tok, s.obtained = tok, now
+	s.recentMu.Lock()
+	s.recent[1], s.recent[0] = s.recent[0], tok.AccessToken
+	s.recentMu.Unlock()
 	s.metrics.tokenRenewals.Inc()
 	s.logger.InfoContext(ctx, "obtained COM token", "expires_in", tok.Expiry.Sub(now).Round(time.Second))
 	return tok.AccessToken, nil

@@ -393,7 +393,7 @@ func (c *Client) End(ctx context.Context, id, state string) (*Job, error) {
 func (c *Client) decodeJob(op string, body []byte) (*Job, error) {
 	j, err := DecodeJob(body)
 	if err != nil {
-		return nil, &Error{Kind: KindTransient, Op: op, Message: "COM's answer did not decode: " + describeBody("", body, c.cfg.ClientSecret), Err: err}
+		return nil, &Error{Kind: KindTransient, Op: op, Message: "COM's answer did not decode: " + describeBody("", body, c.tokens.secrets()...), Err: err}
 	}
 	return j, nil
 }
@@ -466,7 +466,7 @@ func (c *Client) attempt(ctx context.Context, cl call) ([]byte, error) {
 			continue
 		}
 		now := time.Now()
-		e := classifyResponse(cl.op, resp, body, now, tok, c.cfg.ClientSecret)
+		e := classifyResponse(cl.op, resp, body, now, append(c.tokens.secrets(), tok)...)
 		if resp.StatusCode == http.StatusTooManyRequests || (e.Kind == KindTransient && e.RetryAfter > 0) {
 			pause := e.RetryAfter
 			if pause <= 0 {
