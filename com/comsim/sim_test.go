@@ -2,9 +2,11 @@ package comsim
 
 import (
 	"encoding/json"
+	"github.com/comjobs/comjobs/com"
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,11 +22,21 @@ type apiClient struct {
 
 func newSim(t *testing.T, opts Options) (*Server, *apiClient) {
 	t.Helper()
+	if opts.TokenLifetime == 0 {
+		opts.TokenLifetime = 10000 * time.Hour // fake clocks jump far
+	}
 	sim := NewServer(opts)
 	t.Cleanup(sim.Close)
 	c := &apiClient{t: t, sim: sim}
 	c.token = c.getToken(DefaultClientID, DefaultClientSecret)
 	return sim, c
+}
+
+// on returns the client reporting to t (for subtests).
+func (c *apiClient) on(t *testing.T) *apiClient {
+	cc := *c
+	cc.t = t
+	return &cc
 }
 
 func (c *apiClient) getToken(id, secret string) string {
@@ -142,4 +154,12 @@ func TestCreateGetListV1(t *testing.T) {
 	if code != 200 || list["total"] != 1.0 || list["count"] != 1.0 || list["offset"] != 0.0 {
 		t.Fatalf("list: %d %v", code, list)
 	}
+}
+
+func qe(s string) string { return url.QueryEscape(s) }
+
+func sortStrings(s []string) { slices.Sort(s) }
+
+func comCreate(templateID, resType, resID string) com.CreateRequest {
+	return com.CreateRequest{TemplateID: templateID, ResourceType: resType, ResourceID: resID}
 }
