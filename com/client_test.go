@@ -388,3 +388,7 @@ func TestListAll(t *testing.T) {
 		}
 	})
 }
+
+func slogTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}

@@ -96,7 +96,10 @@ func TestCreateIsNeverRetried(t *testing.T) {
 		api  http.HandlerFunc
 	}{
 		{"503", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 503, `{}`) }},
-		{"429", func(w http.ResponseWriter, r *http.Request) { w.Header().Set("Retry-After", "0.01"); w.WriteHeader(429) }},
+		{"429", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Retry-After", "0.01")
+			w.WriteHeader(429)
+		}},
 		{"connection dropped", hangUp},
 		{"timeout", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }},
 		{"201 with HTML", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(201); io.WriteString(w, "<html>ok</html>") }},
