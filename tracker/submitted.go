@@ -1,0 +1,148 @@
+package tracker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/comjobs/comjobs/cenats"
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/schemas"
+)
+
+// handleTimeout bounds the handling of one submitted event, including during
+// shutdown, when in-flight messages are finished rather than dropped.
+const handleTimeout = 30 * time.Second
+
+// consume reads comjobs.job.submitted events from the tracker durable and
+// starts tracking each job. On ctx end it drains: messages already fetched
+// are handled and acked before it returns.
+func (t *Tracker) consume(ctx context.Context) error {
+	cons, err := t.js.Consumer(ctx, schemas.StreamEvents, schemas.DurableTracker)
+	if err != nil {
+		return fmt.Errorf("tracker: durable %s on %s (run `comjobs setup`): %w", schemas.DurableTracker, schemas.StreamEvents, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(4 * t.cfg.Workers))
+	if err != nil {
+		return fmt.Errorf("tracker: consume %s: %w", schemas.DurableTracker, err)
+	}
+	defer it.Stop()
+	t.consuming.Store(true)
+	defer t.consuming.Store(false)
+	stop := context.AfterFunc(ctx, it.Drain)
+	defer stop()
+
+	msgs := make(chan jetstream.Msg)
+	var wg sync.WaitGroup
+	for range t.cfg.Workers {
+		wg.Go(func() {
+			for m := range msgs {
+				hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handleTimeout)
+				t.handleSubmitted(hctx, m)
+				cancel()
+			}
+		})
+	}
+	defer wg.Wait()
+	defer close(msgs)
+	for {
+		m, err := it.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			t.log.Warn("reading submitted events", "err", err)
+			continue
+		}
+		msgs <- m
+	}
+}
+
+// handleSubmitted starts tracking the job of one submitted event and acks it
+// once the record exists and the job's first state was published.
+func (t *Tracker) handleSubmitted(ctx context.Context, m jetstream.Msg) {
+	log := t.log.With("subject", m.Subject())
+	e, err := cenats.Decode(m.Headers(), m.Data(), cenats.DecodeOptions{MaxSize: 64 << 10})
+	if err != nil {
+		log.Error("undecodable submitted event dropped", "err", err)
+		_ = m.Term()
+		return
+	}
+	if e.Type() != schemas.TypeSubmitted {
+		log.Warn("event of another type on the submitted subject ignored", "type", e.Type(), "id", e.ID())
+		_ = m.Ack()
+		return
+	}
+	var d schemas.JobEvent
+	if err := json.Unmarshal(e.Data(), &d); err != nil || d.JobID == "" {
+		log.Error("submitted event without a job dropped", "id", e.ID(), "err", err)
+		_ = m.Term()
+		return
+	}
+	ext := func(name string) string {
+		v, _ := e.Extensions()[name].(string)
+		return v
+	}
+	rec := Record{
+		JobID: d.JobID, JobURI: d.JobURI, Template: d.Template, Resource: d.Resource,
+		Labels: d.Labels, Notify: d.Notify,
+		Request:   RequestRef{ID: ext(schemas.ExtRequestID), Source: ext(schemas.ExtRequestSource), TraceParent: ext(schemas.ExtTraceParent)},
+		CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt, TrackedAt: t.clock.Now(),
+	}
+	if d.ParentJobID != nil {
+		rec.ParentJobID = *d.ParentJobID
+	}
+	job := &com.Job{
+		ID: d.JobID, ParentJobID: rec.ParentJobID, TemplateID: d.Template.ID, Name: d.Template.Name,
+		ResourceType: d.Resource.Type, ResourceID: d.Resource.ID, URI: d.JobURI,
+		State: d.State, ResultCode: d.ResultCode, Status: d.Status, StatusDetails: d.StatusDetails,
+		Generation: d.Generation, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
+	}
+	if err := t.track(ctx, rec, job); err != nil {
+		log.Warn("tracking submitted job failed, will retry", "job", d.JobID, "err", err)
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if err := m.Ack(); err != nil {
+		log.Warn("ack submitted event", "job", d.JobID, "err", err)
+	}
+}
+
+// track creates rec unless the job is tracked already, then feeds job (its
+// state as first seen) through the state machine.
+func (t *Tracker) track(ctx context.Context, rec Record, job *com.Job) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record of job %s: %w", rec.JobID, err)
+	}
+	if _, err := t.kv.Create(ctx, Key(rec.JobID), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("create record of job %s: %w", rec.JobID, err)
+	}
+	if job.State == "" {
+		return nil
+	}
+	at := t.clock.Now()
+	return t.observe(ctx, rec.JobID, observation{job: job, at: at})
+}
+
+// adopt starts tracking child, a job whose parent is tracked: it inherits the
+// parent's request, labels and notification routing.
+func (t *Tracker) adopt(ctx context.Context, parent Record, child *com.Job) error {
+	rec := Record{
+		JobID: child.ID, JobURI: child.URI, ParentJobID: child.ParentJobID,
+		Template: templateRef(child),
+		Resource: schemas.Resource{Type: child.ResourceType, ID: child.ResourceID},
+		Labels:   parent.Labels, Notify: parent.Notify, Request: parent.Request,
+		CreatedAt: child.CreatedAt, UpdatedAt: child.UpdatedAt, TrackedAt: t.clock.Now(),
+	}
+	t.log.Info("tracking child job", "job", child.ID, "parent", parent.JobID)
+	return t.track(ctx, rec, child)
+}

@@ -1,0 +1,272 @@
+package tracker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/publisher"
+	"github.com/comjobs/comjobs/schemas"
+	"github.com/comjobs/comjobs/topology"
+)
+
+// Source is the CloudEvents source of every event the tracker publishes.
+const Source = "comjobs/tracker"
+
+// COM is what the tracker needs of a COM client (*com.Client has it).
+type COM interface {
+	Get(ctx context.Context, id string) (*com.Job, error)
+	List(ctx context.Context, opts com.ListOptions) (*com.Page, error)
+	APIVersion() string
+}
+
+// Publisher publishes one event with a dedupe id (*publisher.Publisher has it).
+type Publisher interface {
+	Publish(ctx context.Context, subject string, e event.Event, msgID string) (publisher.PubResult, error)
+}
+
+// Clock tells the time; tests may move it.
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Deps are the Tracker's collaborators. JS, COM and Publisher are required.
+type Deps struct {
+	JS        jetstream.JetStream
+	COM       COM
+	Publisher Publisher
+	Logger    *slog.Logger         // default: discard
+	Registry  prometheus.Registerer // default: a private registry
+	Clock     Clock                // default: the system clock
+}
+
+// Tracker follows tracked jobs; see the package comment. Run it once.
+type Tracker struct {
+	cfg   Config
+	js    jetstream.JetStream
+	com   COM
+	pub   Publisher
+	log   *slog.Logger
+	clock Clock
+	m     *metrics
+
+	kv  jetstream.KeyValue // comjobs-jobs, set by Run before anything uses it
+	ctl jetstream.KeyValue // comjobs-control
+
+	locks [256]sync.Mutex // per-job serialisation inside this process
+
+	mu        sync.Mutex
+	cache     map[string]cached // job id -> last record seen in the bucket
+	watermark time.Time         // v1 list watermark (COM's clock)
+	wmLowered bool              // the watcher moved the watermark back during a cycle
+	synced    bool
+
+	running     atomic.Bool
+	consuming   atomic.Bool
+	leading     atomic.Bool
+	pausedUntil atomic.Int64 // unix nanos; COM asked to slow down until then
+}
+
+type cached struct {
+	rec Record
+	rev uint64
+}
+
+// New checks cfg and deps; it starts nothing and makes no calls.
+func New(cfg Config, deps Deps) (*Tracker, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.JS == nil || deps.COM == nil || deps.Publisher == nil {
+		return nil, errors.New("tracker: Deps.JS, Deps.COM and Deps.Publisher are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+	}
+	if deps.Clock == nil {
+		deps.Clock = systemClock{}
+	}
+	m, err := newMetrics(deps.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("tracker: metrics: %w", err)
+	}
+	return &Tracker{
+		cfg:   cfg,
+		js:    deps.JS,
+		com:   deps.COM,
+		pub:   deps.Publisher,
+		log:   deps.Logger.With("component", "tracker", "instance", cfg.Instance),
+		clock: deps.Clock,
+		m:     m,
+		cache: make(map[string]cached),
+	}, nil
+}
+
+// Run tracks jobs until ctx ends: it watches the jobs bucket, consumes
+// submitted events and competes for the poll lease. On return every
+// goroutine it started has ended, in-flight messages were acked or nacked,
+// and a held lease was released. It returns nil after ctx ended, or the
+// error that stopped it.
+func (t *Tracker) Run(ctx context.Context) error {
+	if !t.running.CompareAndSwap(false, true) {
+		return errors.New("tracker: Run called twice")
+	}
+	defer t.running.Store(false)
+	kv, err := t.js.KeyValue(ctx, schemas.BucketJobs)
+	if err != nil {
+		return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", schemas.BucketJobs, err)
+	}
+	ctl, err := t.js.KeyValue(ctx, topology.BucketControl)
+	if err != nil {
+		return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", topology.BucketControl, err)
+	}
+	t.mu.Lock()
+	t.kv, t.ctl = kv, ctl
+	t.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	for _, f := range []func(context.Context) error{t.watch, t.consume, t.lease} {
+		wg.Go(func() {
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				errc <- err
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// Ready reports nil once the tracker is running, has read the jobs bucket and
+// is consuming submitted events.
+func (t *Tracker) Ready() error {
+	t.mu.Lock()
+	synced := t.synced
+	t.mu.Unlock()
+	switch {
+	case !t.running.Load():
+		return errors.New("tracker: not running")
+	case !synced:
+		return errors.New("tracker: still reading tracked jobs")
+	case !t.consuming.Load():
+		return errors.New("tracker: not consuming submitted events")
+	}
+	return nil
+}
+
+// Leading reports whether this replica holds the poll lease.
+func (t *Tracker) Leading() bool { return t.leading.Load() }
+
+func (t *Tracker) lockFor(id string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return &t.locks[h.Sum32()%uint32(len(t.locks))]
+}
+
+// watch mirrors the jobs bucket into t.cache.
+func (t *Tracker) watch(ctx context.Context) error {
+	w, err := t.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("tracker: watch %s: %w", schemas.BucketJobs, err)
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("tracker: jobs watcher closed")
+			}
+			t.mu.Lock()
+			if e == nil {
+				t.synced = true
+				t.mu.Unlock()
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				if id, ok := unKey(e.Key()); ok && t.cache[id].rev <= e.Revision() {
+					delete(t.cache, id)
+				}
+				t.mu.Unlock()
+				continue
+			}
+			var r Record
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				t.mu.Unlock()
+				t.log.Warn("undecodable job record ignored", "key", e.Key(), "err", err)
+				continue
+			}
+			old, known := t.cache[r.JobID]
+			if !known || old.rev < e.Revision() {
+				t.cache[r.JobID] = cached{rec: r, rev: e.Revision()}
+			}
+			// A job tracked after the watermark passed its last update would
+			// not show up in the next list: move the watermark back.
+			if !known && t.synced && !r.Terminal && !t.watermark.IsZero() && r.UpdatedAt.Before(t.watermark) && !r.UpdatedAt.IsZero() {
+				t.watermark, t.wmLowered = r.UpdatedAt, true
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// snapshot copies the cache.
+func (t *Tracker) snapshot() map[string]cached {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]cached, len(t.cache))
+	for k, v := range t.cache {
+		out[k] = v
+	}
+	return out
+}
+
+func (t *Tracker) lookup(id string) (cached, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.cache[id]
+	return c, ok
+}
+
+func (t *Tracker) paused() bool {
+	return t.clock.Now().UnixNano() < t.pausedUntil.Load()
+}
+
+// slowDown records COM's request to wait, for the whole tracker.
+func (t *Tracker) slowDown(err error) {
+	var ce *com.Error
+	if !errors.As(err, &ce) || ce.StatusCode != 429 {
+		return
+	}
+	wait := max(ce.RetryAfter, t.cfg.PollInterval)
+	until := t.clock.Now().Add(wait).UnixNano()
+	for {
+		cur := t.pausedUntil.Load()
+		if cur >= until || t.pausedUntil.CompareAndSwap(cur, until) {
+			break
+		}
+	}
+	t.log.Warn("COM rate limit reached, polling paused", "for", wait)
+}
