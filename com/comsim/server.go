@@ -382,14 +382,17 @@ func (s *Server) api(rt route, h http.HandlerFunc) http.HandlerFunc {
 			writeCOMError(w, http.StatusServiceUnavailable, "service temporarily unavailable", nil)
 			return
 		}
-		if !s.authorized(r) {
-			writeCOMError(w, http.StatusUnauthorized, "missing, invalid or expired bearer token", nil)
-			return
-		}
 		r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
+		serve := func(w http.ResponseWriter) {
+			if !s.authorized(r) {
+				writeCOMError(w, http.StatusUnauthorized, "missing, invalid or expired bearer token", nil)
+				return
+			}
+			h(w, r)
+		}
 		if fk == faultDrop {
 			// The call takes effect; its answer is lost with the connection.
-			h(httptest.NewRecorder(), r)
+			serve(httptest.NewRecorder())
 			if hj, ok := w.(http.Hijacker); ok {
 				if conn, _, err := hj.Hijack(); err == nil {
 					_ = conn.Close()
@@ -398,7 +401,7 @@ func (s *Server) api(rt route, h http.HandlerFunc) http.HandlerFunc {
 			}
 			panic(http.ErrAbortHandler)
 		}
-		h(w, r)
+		serve(w)
 	}
 }
 
