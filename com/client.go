@@ -66,7 +66,8 @@ type Config struct {
 	// jitter and capped at 10s. Default 250ms.
 	RetryBaseDelay time.Duration
 	// RatePerMinute and RateBurst configure the default in-process limiter
-	// (100 a minute, bursts of 10). COM's budget is per API client: when
+	// (100 a minute, bursts of 10; a negative RatePerMinute means no rate,
+	// though 429 pauses still apply). COM's budget is per API client: when
 	// several processes share credentials, split it between them here or
 	// give every client the same shared Limiter (WithLimiter).
 	RatePerMinute int
