@@ -1,0 +1,424 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/schemas"
+	"github.com/comjobs/comjobs/topology"
+)
+
+// COM is what the consumer needs of a COM client; *com.Client satisfies it.
+// Create must never be retried by the implementation.
+type COM interface {
+	Create(ctx context.Context, r com.CreateRequest) (*com.Job, error)
+	List(ctx context.Context, o com.ListOptions) (*com.Page, error)
+	ListAll(ctx context.Context, o com.ListOptions, fn func(*com.Job) error) error
+	APIVersion() string
+}
+
+// Publisher publishes comjobs' own events with a dedupe id;
+// *publisher.Publisher satisfies it.
+type Publisher interface {
+	PublishAsync(subject string, e event.Event, msgID string) (jetstream.PubAckFuture, error)
+}
+
+// Validator checks a decoded request against the contract;
+// *schemas.Validator satisfies it. Its errors are *schemas.Rejection.
+type Validator interface {
+	ValidateRequest(subject string, e event.Event) (*schemas.Resolved, error)
+}
+
+// Deps are the consumer's collaborators. JS, COM, Publisher and Validator
+// are required.
+type Deps struct {
+	JS        jetstream.JetStream
+	COM       COM
+	Publisher Publisher
+	Validator Validator
+	// Logger defaults to slog.Default(); Registerer may be nil (no metrics).
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Policy nil allows every source everything.
+	Policy *Policy
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Hook, when set, is called at the named crash points "after-claim",
+	// "after-post", "after-ledger" and "before-ack", for crash tests.
+	Hook func(point string)
+}
+
+// Consumer submits requests from the durable consumer to COM. Create it
+// with New and run it with Run; Paused and Ready are safe to call from any
+// goroutine at any time.
+type Consumer struct {
+	cfg    Config
+	d      Deps
+	log    *slog.Logger
+	m      *metrics
+	now    func() time.Time
+	ledger ledger
+	gate   gate
+
+	mu           sync.Mutex
+	manual       bool
+	manualReason string
+	fault        error
+	lastProbe    time.Time
+	changed      chan struct{} // closed and replaced on every pause change
+
+	running atomic.Bool
+}
+
+// New checks cfg and deps and returns a Consumer; it does not touch NATS.
+func New(cfg Config, d Deps) (*Consumer, error) {
+	cfg.defaults()
+	if cfg.Stream == "" {
+		cfg.Stream = schemas.StreamRequests
+	}
+	if cfg.Durable == "" {
+		cfg.Durable = schemas.DurableConsumer
+	}
+	if cfg.Owner == "" {
+		h, _ := os.Hostname()
+		cfg.Owner = h + ":" + strconv.Itoa(os.Getpid())
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	switch {
+	case d.JS == nil:
+		return nil, errors.New("consumer: Deps.JS is required")
+	case d.COM == nil:
+		return nil, errors.New("consumer: Deps.COM is required")
+	case d.Publisher == nil:
+		return nil, errors.New("consumer: Deps.Publisher is required")
+	case d.Validator == nil:
+		return nil, errors.New("consumer: Deps.Validator is required")
+	}
+	if d.Logger == nil {
+		d.Logger = slog.Default()
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Hook == nil {
+		d.Hook = func(string) {}
+	}
+	m, err := newMetrics(d.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("consumer metrics: %w", err)
+	}
+	return &Consumer{
+		cfg: cfg, d: d, m: m, now: d.Now,
+		log:     d.Logger.With("component", "consumer"),
+		changed: make(chan struct{}),
+	}, nil
+}
+
+// Paused reports whether submission is paused, by hand or by a COM
+// configuration fault.
+func (c *Consumer) Paused() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.manual || c.fault != nil
+}
+
+// Ready returns nil while the consumer runs and COM is reachable with its
+// configuration; a COM configuration fault makes it return that fault (for
+// /readyz). A pause by hand is not a fault.
+func (c *Consumer) Ready() error {
+	if !c.running.Load() {
+		return errors.New("consumer: not running")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fault != nil {
+		return fmt.Errorf("consumer paused by a COM configuration fault: %w", c.fault)
+	}
+	return nil
+}
+
+// Run consumes requests until ctx ends, then drains: it stops fetching,
+// lets in-flight requests finish (bounded by Config.DrainTimeout), hands
+// back what was fetched but not started, and waits for every goroutine it
+// started. It returns nil after a clean drain, or the error that stopped it
+// from starting.
+func (c *Consumer) Run(ctx context.Context) error {
+	kv, err := c.d.JS.KeyValue(ctx, schemas.BucketLedger)
+	if err != nil {
+		return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
+	}
+	c.ledger = ledger{kv: kv}
+	control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
+	if err != nil {
+		return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)
+	}
+	stream, err := c.d.JS.Stream(ctx, c.cfg.Stream)
+	if err != nil {
+		return fmt.Errorf("consumer: stream %s: %w", c.cfg.Stream, err)
+	}
+	cons, err := c.d.JS.Consumer(ctx, c.cfg.Stream, c.cfg.Durable)
+	if err != nil {
+		return fmt.Errorf("consumer: durable %s on %s: %w", c.cfg.Durable, c.cfg.Stream, err)
+	}
+	watcher, err := control.Watch(ctx, PauseKey)
+	if err != nil {
+		return fmt.Errorf("consumer: watch %s: %w", PauseKey, err)
+	}
+	advisories, stopAdvisories, err := c.subscribeAdvisories()
+	if err != nil {
+		_ = watcher.Stop()
+		return err
+	}
+	if c.d.Policy == nil {
+		c.log.Warn("no authorisation policy: every source may request every template on every resource")
+	} else {
+		c.log.Info("authorisation policy loaded", "rules", len(c.d.Policy.Rules))
+	}
+	c.log.Info("consumer starting", "workers", c.cfg.Workers, "stream", c.cfg.Stream, "durable", c.cfg.Durable,
+		"comApiVersion", c.d.COM.APIVersion(), "postTimeout", c.cfg.POSTTimeout, "maxDeliver", c.cfg.MaxDeliver)
+	c.running.Store(true)
+	defer c.running.Store(false)
+
+	// Work outlives ctx by at most DrainTimeout, so in-flight requests finish.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrainTimer := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(c.cfg.DrainTimeout)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelWork()
+		case <-workCtx.Done():
+		}
+	})
+	defer stopDrainTimer()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { c.watchPause(ctx, watcher) })
+	wg.Go(func() { c.serveAdvisories(ctx, workCtx, stream, advisories) })
+	defer stopAdvisories()
+
+	work := make(chan jetstream.Msg)
+	var workers sync.WaitGroup
+	for range c.cfg.Workers {
+		workers.Go(func() {
+			for msg := range work {
+				c.handleMsg(workCtx, msg)
+			}
+		})
+	}
+	c.fetchLoop(ctx, cons, work)
+	close(work)
+	workers.Wait()
+	cancelWork()
+	stopAdvisories()
+	wg.Wait()
+	c.log.Info("consumer stopped")
+	return nil
+}
+
+// fetchLoop pulls messages and hands them to the workers until ctx ends.
+// Messages fetched but not started when ctx ends are handed back with Nak.
+func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) {
+	failures := 0
+	for ctx.Err() == nil {
+		n, ok := c.admit(ctx)
+		if !ok {
+			return
+		}
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(c.cfg.FetchWait))
+		if err != nil {
+			failures++
+			c.log.Warn("fetch failed", "err", err)
+			sleep(ctx, c.backoff(failures))
+			continue
+		}
+		failures = 0
+		for msg := range batch.Messages() {
+			select {
+			case work <- msg:
+			case <-ctx.Done():
+				_ = msg.Nak() // hand back: another replica or the next start takes it
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
+			c.log.Warn("fetch ended with an error", "err", err)
+		}
+	}
+}
+
+// admit waits until submission may go on and returns how many messages to
+// fetch: FetchBatch normally, one probe while a configuration fault holds.
+func (c *Consumer) admit(ctx context.Context) (int, bool) {
+	for {
+		if err := c.gate.wait(ctx, c.now); err != nil {
+			return 0, false
+		}
+		c.mu.Lock()
+		manual, fault, changed := c.manual, c.fault, c.changed
+		var probeIn time.Duration
+		if fault != nil {
+			probeIn = c.lastProbe.Add(c.cfg.ProbeEvery).Sub(c.now())
+			if probeIn <= 0 {
+				c.lastProbe = c.now()
+			}
+		}
+		c.mu.Unlock()
+		switch {
+		case manual:
+			select {
+			case <-changed:
+				continue
+			case <-ctx.Done():
+				return 0, false
+			}
+		case fault != nil && probeIn > 0:
+			t := time.NewTimer(probeIn)
+			select {
+			case <-t.C:
+			case <-changed:
+			case <-ctx.Done():
+				t.Stop()
+				return 0, false
+			}
+			t.Stop()
+			continue
+		case fault != nil:
+			c.log.Info("submission paused by a COM configuration fault: probing with one request", "fault", fault)
+			return 1, true
+		}
+		return c.cfg.FetchBatch, true
+	}
+}
+
+// setPause changes the pause state and wakes the fetcher.
+func (c *Consumer) setPause(f func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f()
+	close(c.changed)
+	c.changed = make(chan struct{})
+	if c.manual || c.fault != nil {
+		c.m.paused.Set(1)
+	} else {
+		c.m.paused.Set(0)
+	}
+}
+
+// configFault pauses submission after a COM configuration fault.
+func (c *Consumer) configFault(err error) {
+	c.mu.Lock()
+	first := c.fault == nil
+	c.mu.Unlock()
+	if first {
+		c.log.Error("ALERT: COM configuration fault, submission paused; requests stay queued", "err", err)
+	}
+	c.setPause(func() {
+		c.fault = err
+		c.lastProbe = c.now()
+	})
+}
+
+// comWorks clears a configuration fault once COM answered normally.
+func (c *Consumer) comWorks() {
+	c.mu.Lock()
+	had := c.fault != nil
+	c.mu.Unlock()
+	if had {
+		c.log.Info("COM answers again: submission resumed")
+		c.setPause(func() { c.fault = nil })
+	}
+}
+
+// watchPause follows the manual pause key until ctx ends.
+func (c *Consumer) watchPause(ctx context.Context, w jetstream.KeyWatcher) {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				continue // initial values done
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				var r pauseRecord
+				_ = json.Unmarshal(e.Value(), &r)
+				c.log.Warn("submission paused by hand", "reason", r.Reason, "since", r.At)
+				c.setPause(func() { c.manual, c.manualReason = true, r.Reason })
+			} else {
+				c.log.Info("submission resumed by hand")
+				c.setPause(func() { c.manual, c.manualReason = false, "" })
+			}
+		}
+	}
+}
+
+// backoff is the NakWithDelay for the n-th attempt: BackoffBase·2^(n-1),
+// capped at BackoffMax, with ±20% jitter.
+func (c *Consumer) backoff(n int) time.Duration {
+	d := c.cfg.BackoffBase
+	for i := 1; i < n && d < c.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.cfg.BackoffMax)
+	j := time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return max(j, time.Millisecond)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// gate holds every worker back after COM answered 429, until its reset.
+type gate struct {
+	mu    sync.Mutex
+	until time.Time
+}
+
+func (g *gate) block(until time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if until.After(g.until) {
+		g.until = until
+	}
+}
+
+func (g *gate) wait(ctx context.Context, now func() time.Time) error {
+	for {
+		g.mu.Lock()
+		d := g.until.Sub(now())
+		g.mu.Unlock()
+		if d <= 0 {
+			return ctx.Err()
+		}
+		sleep(ctx, d)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,27 @@
+// Package consumer turns comjobs.job.requested events into COM jobs, so that
+// every request (source, id) yields exactly one COM job or exactly one
+// rejection that says why — whatever is redelivered, retried, crashed or
+// restarted.
+//
+// COM has no idempotency key, so the consumer keeps a ledger in the
+// JetStream key-value bucket schemas.BucketLedger:
+//
+//	req.<requestKey>        the request's claim and outcome (JSON ledgerEntry)
+//	job.<jobId>             the request key that owns a COM job (created once)
+//	fly.<resHash>.<reqKey>  an in-flight POST for a (template, resource) pair
+//	lock.<resHash>          a request recovering an unresolved claim for that pair
+//
+// A request is claimed (compare-and-set) before the POST and its job id is
+// recorded after it, together with the reverse job → request key, so no
+// other request can ever adopt that job. A redelivered request whose claim
+// has no job id first looks in COM for the job it may already have created
+// (skipping jobs other requests own) before it submits again. While it
+// recovers it holds lock.<resHash>, so new requests for the same template
+// and resource wait; it waits in turn for requests still inside their POST.
+//
+// Outcomes map explicitly onto JetStream: success → submitted event, Ack;
+// permanent → rejected event, dead letter, Term; transient → NakWithDelay
+// with exponential backoff and jitter (the last attempt dead-letters with
+// reason retries-exhausted); COM configuration faults pause submission,
+// fail Ready and leave the requests queued.
+package consumer

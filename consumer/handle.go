@@ -1,0 +1,480 @@
+package consumer
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/comjobs/comjobs/cenats"
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/publisher"
+	"github.com/comjobs/comjobs/schemas"
+)
+
+// eventSource is the CloudEvents source of every event the consumer publishes.
+const eventSource = "comjobs/consumer"
+
+// delivery is one request message, from a worker's fetch or from the
+// stream (MAX_DELIVERIES advisory).
+type delivery struct {
+	subject   string
+	header    nats.Header
+	data      []byte
+	seq       uint64
+	delivered uint64
+}
+
+// request is what is known about a delivery while it is handled.
+type request struct {
+	delivery
+	log *slog.Logger
+	// key is the request key, or the key of "seq:<n>" when bySeq.
+	key   string
+	bySeq bool
+	ev    *event.Event
+	res   *schemas.Resolved
+	// expired holds the validator's expired verdict for a request whose
+	// claim must be resolved before it may be rejected.
+	expired *schemas.Rejection
+}
+
+// waitErr asks for a NakWithDelay without counting as a failure of COM.
+type waitErr struct {
+	delay time.Duration
+	why   string
+}
+
+func (w *waitErr) Error() string { return "wait " + w.delay.String() + ": " + w.why }
+
+// action is what is done with a message once handled.
+type action struct {
+	kind  int // actAck, actNak, actTerm
+	delay time.Duration
+}
+
+const (
+	actAck = iota
+	actNak
+	actTerm
+)
+
+// seqKey is the key of a request without a usable identity.
+func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 10)) }
+
+// handleMsg handles one fetched message to its end: Ack, NakWithDelay or
+// Term. It keeps the message alive with InProgress while it works.
+func (c *Consumer) handleMsg(ctx context.Context, msg jetstream.Msg) {
+	c.m.requests.Inc()
+	meta, err := msg.Metadata()
+	if err != nil {
+		c.log.Error("message without metadata: handing it back", "subject", msg.Subject(), "err", err)
+		_ = msg.NakWithDelay(c.cfg.BackoffBase)
+		return
+	}
+	d := delivery{subject: msg.Subject(), header: msg.Headers(), data: msg.Data(),
+		seq: meta.Sequence.Stream, delivered: meta.NumDelivered}
+	log := c.log.With("seq", d.seq, "subject", d.subject, "delivery", d.delivered)
+
+	stop := c.keepAlive(msg)
+	act := c.process(ctx, d, log)
+	stop()
+
+	switch act.kind {
+	case actAck:
+		c.d.Hook("before-ack")
+		if err := msg.Ack(); err != nil {
+			log.Warn("ack failed: the redelivery will find the ledger done", "err", err)
+		}
+	case actTerm:
+		if err := msg.Term(); err != nil {
+			log.Warn("term failed: the redelivery will find the ledger done", "err", err)
+		}
+	default:
+		c.m.retries.Inc()
+		if err := msg.NakWithDelay(act.delay); err != nil {
+			log.Warn("nak failed: JetStream redelivers after the ack wait", "err", err)
+		}
+	}
+}
+
+// keepAlive sends InProgress every InProgressEvery until the returned stop
+// is called; stop waits for the goroutine.
+func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(c.cfg.InProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// process runs a delivery through the pipeline and maps the outcome onto
+// JetStream, once and here.
+func (c *Consumer) process(ctx context.Context, d delivery, log *slog.Logger) action {
+	r := &request{delivery: d, log: log}
+	err := c.submit(ctx, r)
+	var (
+		w   *waitErr
+		rej *schemas.Rejection
+	)
+	switch {
+	case err == nil:
+		return action{kind: actAck}
+	case errors.As(err, &w):
+		r.log.Info("handing back for later", "why", w.why, "delay", w.delay)
+		return action{kind: actNak, delay: w.delay}
+	case errors.As(err, &rej):
+		return c.rejectAction(ctx, r, rej, err)
+	case com.IsConfig(err):
+		c.configFault(err)
+		return action{kind: actNak, delay: c.cfg.ProbeEvery}
+	case ctx.Err() != nil:
+		r.log.Info("stopped while handling: handing back", "err", err)
+		return action{kind: actNak, delay: c.cfg.BackoffBase}
+	case d.delivered >= uint64(c.cfg.MaxDeliver):
+		rej := schemas.Reject(schemas.ReasonRetriesExhausted, "",
+			"gave up after %d deliveries; last failure: %v", d.delivered, err)
+		return c.rejectAction(ctx, r, rej, err)
+	default:
+		delay := c.backoff(int(d.delivered))
+		r.log.Warn("transient failure: retrying later", "err", err, "delay", delay)
+		return action{kind: actNak, delay: delay}
+	}
+}
+
+func (c *Consumer) rejectAction(ctx context.Context, r *request, rej *schemas.Rejection, cause error) action {
+	if err := c.reject(ctx, r, rej, cause); err != nil {
+		delay := c.backoff(int(r.delivered))
+		r.log.Error("could not reject: retrying later", "reason", rej.Reason, "err", err, "delay", delay)
+		return action{kind: actNak, delay: delay}
+	}
+	return action{kind: actTerm}
+}
+
+// identify decodes the delivery and sets r.key. A delivery that does not
+// decode is keyed by its stream sequence and returns the rejection.
+func (c *Consumer) identify(r *request) error {
+	ev, err := cenats.Decode(r.header, r.data, cenats.DecodeOptions{MaxSize: c.cfg.MaxSize})
+	if err != nil {
+		r.key, r.bySeq = seqKey(r.seq), true
+		var rej *schemas.Rejection
+		if !errors.As(err, &rej) {
+			rej = schemas.Reject(schemas.ReasonInvalidEvent, "", "%v", err)
+		}
+		return rej
+	}
+	r.ev = &ev
+	r.key = schemas.RequestKey(ev.Source(), ev.ID())
+	r.log = r.log.With("key", r.key, "source", ev.Source(), "id", ev.ID())
+	return nil
+}
+
+// submit takes a request from the message to a submitted event, resuming
+// from whatever the ledger says was done before.
+func (c *Consumer) submit(ctx context.Context, r *request) error {
+	decodeErr := c.identify(r)
+	for range 3 {
+		le, rev, err := c.ledger.get(ctx, r.key)
+		if err != nil {
+			return err
+		}
+		if le != nil {
+			switch le.State {
+			case stateSubmitted, stateRejected:
+				c.m.duplicates.Inc()
+				r.log.Info("duplicate request: already "+le.State, "jobId", le.JobID, "reason", le.Reason)
+				return nil
+			case stateCreated:
+				return c.publishSubmitted(ctx, r, le, rev)
+			}
+		}
+		if decodeErr != nil {
+			return decodeErr
+		}
+		if err := c.resolve(r, le); err != nil {
+			return err
+		}
+		if le == nil {
+			if rej := c.d.Policy.Decide(r.ev.Source(), r.res.Template, r.res.Resource); rej != nil {
+				return rej
+			}
+			err = c.fresh(ctx, r)
+		} else {
+			err = c.recover(ctx, r, le, rev)
+		}
+		if !errors.Is(err, errConflict) {
+			return err
+		}
+		r.log.Info("ledger changed under us: reading it again")
+	}
+	return &waitErr{delay: c.backoff(1), why: "ledger keeps changing"}
+}
+
+// resolve validates the request. For a request with an unresolved claim an
+// expired verdict is kept aside: the claim is resolved first.
+func (c *Consumer) resolve(r *request, le *ledgerEntry) error {
+	res, err := c.d.Validator.ValidateRequest(r.subject, *r.ev)
+	if err == nil {
+		r.res = res
+		return nil
+	}
+	var rej *schemas.Rejection
+	if !errors.As(err, &rej) {
+		return fmt.Errorf("validate: %w", err)
+	}
+	if le == nil || rej.Reason != schemas.ReasonExpired {
+		return rej
+	}
+	t, ok := com.Lookup(le.TemplateID)
+	if !ok {
+		return rej
+	}
+	var req schemas.Request
+	_ = json.Unmarshal(r.ev.Data(), &req)
+	r.res = &schemas.Resolved{Request: req, Template: t,
+		Resource: schemas.Resource{Type: le.ResourceType, ID: le.ResourceID},
+		Key: r.key, Source: r.ev.Source(), ID: r.ev.ID()}
+	r.expired = rej
+	return nil
+}
+
+// fresh claims a request nobody has claimed and submits it.
+func (c *Consumer) fresh(ctx context.Context, r *request) error {
+	if err := c.gate.wait(ctx, c.now); err != nil {
+		return err
+	}
+	t, rs := r.res.Template, r.res.Resource
+	rh := resHash(t.ID, rs.Type, rs.ID)
+	now := c.now()
+	// Mark the flight before looking at the lock: a recovering request
+	// takes the lock before looking at flights, so one of us sees the other.
+	if err := c.ledger.startFlight(ctx, rh, r.key, now); err != nil {
+		return err
+	}
+	holder, err := c.ledger.lockHolder(ctx, rh)
+	if err == nil && holder != "" && holder != r.key {
+		var stale bool
+		if stale, err = c.breakStaleLock(ctx, rh, holder); err == nil && !stale {
+			_ = c.ledger.endFlight(ctx, rh, r.key)
+			return &waitErr{delay: c.backoff(int(r.delivered)), why: "another request for this template and resource is being recovered"}
+		}
+	}
+	if err != nil {
+		_ = c.ledger.endFlight(ctx, rh, r.key)
+		return err
+	}
+	le := &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
+		TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
+		Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}
+	rev, err := c.ledger.put(ctx, r.key, le, 0)
+	if err != nil {
+		_ = c.ledger.endFlight(ctx, rh, r.key)
+		return err
+	}
+	c.d.Hook("after-claim")
+	return c.post(ctx, r, le, rev, rh)
+}
+
+// breakStaleLock removes lock.<rh> when its holder's request is finished or
+// gone (its message was removed by hand). It reports whether it did.
+func (c *Consumer) breakStaleLock(ctx context.Context, rh, holder string) (bool, error) {
+	le, _, err := c.ledger.get(ctx, holder)
+	if err != nil {
+		return false, err
+	}
+	if le != nil && (le.State == stateClaimed) {
+		return false, nil
+	}
+	c.log.Warn("breaking a stale recovery lock", "holder", holder)
+	return true, c.ledger.unlock(ctx, rh, holder)
+}
+
+// post creates the job in COM under a claim and records it.
+func (c *Consumer) post(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string) error {
+	callCtx, cancel := context.WithTimeout(ctx, c.cfg.POSTTimeout*9/10)
+	start := time.Now()
+	job, err := c.d.COM.Create(callCtx, com.CreateRequest{
+		TemplateID: le.TemplateID, ResourceType: le.ResourceType, ResourceID: le.ResourceID, Params: r.res.Params,
+	})
+	cancel()
+	c.m.comLatency.Observe(time.Since(start).Seconds())
+	// From here on the ledger must be written even if ctx ends.
+	bg, cancelBG := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancelBG()
+	if err != nil {
+		return c.postFailed(bg, r, le, rev, rh, err)
+	}
+	c.comWorks()
+	c.d.Hook("after-post")
+	r.log.Info("COM created the job", "jobId", job.ID)
+	return c.record(bg, r, le, rev, rh, job)
+}
+
+// postFailed sorts a failed create: not sent (429, configuration) releases
+// the claim; COM's refusal rejects; anything else may have created the job
+// and leaves the claim for recovery.
+func (c *Consumer) postFailed(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string, err error) error {
+	var ce *com.Error
+	errors.As(err, &ce)
+	switch {
+	case ce != nil && ce.StatusCode == 429:
+		c.release(ctx, r, rev, rh)
+		pause := ce.RetryAfter
+		if pause <= 0 {
+			pause = c.cfg.BackoffBase
+		}
+		until := c.now().Add(pause)
+		c.gate.block(until)
+		r.log.Warn("COM rate limit: all workers wait", "until", until)
+		return &waitErr{delay: pause + c.backoff(1), why: "COM rate limit"}
+	case com.IsConfig(err):
+		c.release(ctx, r, rev, rh)
+		return fmt.Errorf("submit job: %w", err)
+	case com.IsRejected(err):
+		c.comWorks()
+		return fmt.Errorf("%w: %w", schemas.Reject(schemas.ReasonCOMRejected, "", "COM refused the job: %s", comMessage(ce, err)), err)
+	}
+	now := c.now()
+	le.PostEndedAt = &now
+	le.UpdatedAt = now
+	if _, werr := c.ledger.put(ctx, r.key, le, rev); werr != nil && !errors.Is(werr, errConflict) {
+		r.log.Warn("could not note the failed create in the ledger", "err", werr)
+	}
+	_ = c.ledger.endFlight(ctx, rh, r.key)
+	return fmt.Errorf("submit job (it may exist; the next delivery looks in COM first): %w", err)
+}
+
+func comMessage(ce *com.Error, err error) string {
+	if ce == nil {
+		return err.Error()
+	}
+	if ce.Message != "" {
+		return fmt.Sprintf("HTTP %d %s %s", ce.StatusCode, ce.ErrorCode, ce.Message)
+	}
+	return ce.Error()
+}
+
+// release forgets a claim whose POST certainly created nothing.
+func (c *Consumer) release(ctx context.Context, r *request, rev uint64, rh string) {
+	if err := c.ledger.kv.Delete(ctx, reqKey(r.key), jetstream.LastRevision(rev)); err != nil {
+		r.log.Warn("could not release the claim; the next delivery recovers it", "err", err)
+	}
+	_ = c.ledger.endFlight(ctx, rh, r.key)
+}
+
+// record makes the job the request's own and writes it to the ledger, then
+// publishes the submitted event.
+func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string, job *com.Job) error {
+	mine, err := c.ledger.own(ctx, job.ID, r.key)
+	if err != nil {
+		return err
+	}
+	if !mine {
+		return fmt.Errorf("job %s is owned by another request", job.ID)
+	}
+	data, err := json.Marshal(jobEvent(job, r.res, c.now()))
+	if err != nil {
+		return fmt.Errorf("encode job event: %w", err)
+	}
+	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateCreated, job.ID, data, nil, c.now()
+	rev, err = c.ledger.put(ctx, r.key, le, rev)
+	if err != nil {
+		if errors.Is(err, errConflict) {
+			r.log.Error("claim changed while COM created a job: the job may be orphaned", "jobId", job.ID)
+		}
+		return err
+	}
+	_ = c.ledger.endFlight(ctx, rh, r.key)
+	c.d.Hook("after-ledger")
+	return c.publishSubmitted(ctx, r, le, rev)
+}
+
+// publishSubmitted publishes the submitted event kept in the ledger and
+// marks the request submitted. Its dedupe id makes a repeat harmless.
+func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
+	slug := "unknown"
+	if t, ok := com.Lookup(le.TemplateID); ok {
+		slug = t.Slug
+	}
+	id := r.key + "/submitted"
+	e, err := publisher.NewEvent(schemas.TypeSubmitted, eventSource, id, le.JobID, le.Event, requestRef(r))
+	if err != nil {
+		return fmt.Errorf("submitted event: %w", err)
+	}
+	if err := c.publish(ctx, schemas.SubmittedSubject(slug), e, id); err != nil {
+		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, err)
+	}
+	le.State, le.UpdatedAt = stateSubmitted, c.now()
+	if _, err := c.ledger.put(ctx, r.key, le, rev); err != nil && !errors.Is(err, errConflict) {
+		return err
+	}
+	c.m.submitted.Inc()
+	r.log.Info("submitted", "jobId", le.JobID)
+	return nil
+}
+
+// publish publishes e asynchronously and waits for its ack.
+func (c *Consumer) publish(ctx context.Context, subject string, e event.Event, msgID string) error {
+	f, err := c.d.Publisher.PublishAsync(subject, e, msgID)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func requestRef(r *request) publisher.RequestRef {
+	if r.ev == nil {
+		return publisher.RequestRef{}
+	}
+	ref := publisher.RequestRef{ID: r.ev.ID(), Source: r.ev.Source()}
+	if tp, ok := r.ev.Extensions()[schemas.ExtTraceParent]; ok {
+		ref.TraceParent = fmt.Sprint(tp)
+	}
+	return ref
+}
+
+// jobEvent is the data of the submitted event for job.
+func jobEvent(j *com.Job, res *schemas.Resolved, now time.Time) schemas.JobEvent {
+	ev := schemas.JobEvent{
+		JobID: j.ID, JobURI: j.URI,
+		Template: schemas.TemplateRef{ID: res.Template.ID, Name: res.Template.Name, Slug: res.Template.Slug},
+		Resource: res.Resource,
+		State:    j.State, ResultCode: j.ResultCode, Status: j.Status, StatusDetails: j.StatusDetails,
+		Terminal: schemas.IsTerminal(j.State), Generation: j.Generation,
+		CreatedAt: j.CreatedAt, UpdatedAt: j.UpdatedAt, ObservedAt: now.UTC(),
+		Labels: res.Request.Labels, Notify: res.Request.Notify,
+	}
+	if j.ParentJobID != "" {
+		p := j.ParentJobID
+		ev.ParentJobID = &p
+	}
+	if j.ResourceID != "" {
+		ev.Resource = schemas.Resource{Type: j.ResourceType, ID: j.ResourceID}
+	}
+	return ev
+}
