@@ -86,8 +86,8 @@ func ExamplePublisher_Submit() {
 	done, err := publisher.NewEvent(schemas.TypeStateChanged, "comjobs/tracker", "job-1/3", "job-1", schemas.JobEvent{
 		JobID: "job-1", JobURI: "/compute-ops-mgmt/v1/jobs/job-1", State: schemas.StateComplete,
 		ResultCode: func() *string { s := schemas.ResultSuccess; return &s }(), Terminal: true, Generation: 3,
-		Template: schemas.TemplateRef{ID: "e0ac7ae6-d8b5-4b3c-9e0a-4f1fa0a0c5a8", Name: "Group Apply Server Setting", Slug: "group-apply-server-setting"},
-		Resource: schemas.Resource{Type: "compute-ops-mgmt/group", ID: "8a3a2a46-0102-48e2-bdd9-a29ee6909860"},
+		Template:  schemas.TemplateRef{ID: "e0ac7ae6-d8b5-4b3c-9e0a-4f1fa0a0c5a8", Name: "Group Apply Server Setting", Slug: "group-apply-server-setting"},
+		Resource:  schemas.Resource{Type: "compute-ops-mgmt/group", ID: "8a3a2a46-0102-48e2-bdd9-a29ee6909860"},
 		CreatedAt: now, UpdatedAt: now, ObservedAt: now,
 	}, publisher.RequestRef{ID: id, Source: source})
 	if err != nil {
