@@ -80,19 +80,22 @@ func RequestKey(source, id string) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Slug turns a display name into kebab case: "Server Power Off" →
-// "server-power-off", "GroupFirmwareCompliance" → "group-firmware-compliance",
-// "FirmwareUpdate.New" → "firmware-update-new". The result holds only
-// [a-z0-9-], with no leading, trailing or doubled dashes; an empty or
-// unusable name gives "unknown".
+// Slug turns a name into kebab case. A display name (one with spaces) is
+// lower-cased word by word: "Server iLO Firmware Update" →
+// "server-ilo-firmware-update". A name without spaces is taken as
+// CamelCase and split at its humps: "GroupFirmwareCompliance" →
+// "group-firmware-compliance", "FirmwareUpdate.New" → "firmware-update-new".
+// The result holds only [a-z0-9-], with no leading, trailing or doubled
+// dashes; an empty or unusable name gives "unknown".
 func Slug(name string) string {
+	camel := !strings.ContainsAny(strings.TrimSpace(name), " \t")
 	var b strings.Builder
 	dash := false
 	prevLowerOrDigit := false
 	for _, r := range name {
 		switch {
 		case r >= 'A' && r <= 'Z':
-			if prevLowerOrDigit && !dash && b.Len() > 0 {
+			if camel && prevLowerOrDigit && !dash && b.Len() > 0 {
 				b.WriteByte('-')
 			}
 			b.WriteRune(r + ('a' - 'A'))
