@@ -93,3 +93,10 @@ func (s *Server) authorized(r *http.Request) bool {
 // ExpireTokens ends the life of every token issued so far, as an early
 // expiry at COM would: the next call with one gets 401.
 func (s *Server) ExpireTokens() { s.tokens.expireAll() }
+
+// ClientID returns the client id the token endpoint accepts.
+func (s *Server) ClientID() string { return s.clientID }
+
+// ClientSecret returns the client secret the token endpoint accepts (for
+// wiring a client to the simulator; it is a test credential).
+func (s *Server) ClientSecret() string { return s.clientSecret }
