@@ -36,7 +36,9 @@ type env struct {
 	natsURL string
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	sim     *comsim.Server
+	sim     *comsim.Server // nil in a helper process
+	// simURL and tokenURL reach the simulator.
+	simURL, tokenURL string
 }
 
 func newEnv(t *testing.T, maxDeliver int) *env {
@@ -54,6 +56,7 @@ func newEnv(t *testing.T, maxDeliver int) *env {
 	setDurable(t, e.js, maxDeliver)
 	e.sim = comsim.NewServer(comsim.Options{Seed: 1})
 	t.Cleanup(e.sim.Close)
+	e.simURL, e.tokenURL = e.sim.URL(), e.sim.TokenURL()
 	return e
 }
 
@@ -124,7 +127,7 @@ func (e *env) newConsumer(t testing.TB, cfg Config, edit func(*Deps)) (*Consumer
 	}
 	reg := prometheus.NewRegistry()
 	d := Deps{
-		JS: e.js, COM: comClient(t, e.sim.URL(), e.sim.TokenURL(), logger),
+		JS: e.js, COM: comClient(t, e.simURL, e.tokenURL, logger),
 		Publisher: publisher.New(e.js, logger), Validator: v, Logger: logger, Registerer: reg,
 	}
 	if edit != nil {

@@ -1,0 +1,128 @@
+package consumer
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/schemas"
+)
+
+// Environment of the helper process that crashes at a named point.
+const (
+	envCrashPoint = "CONSUMER_TEST_CRASH_POINT"
+	envNATSURL    = "CONSUMER_TEST_NATS_URL"
+	envSimURL     = "CONSUMER_TEST_SIM_URL"
+	envTokenURL   = "CONSUMER_TEST_TOKEN_URL"
+	crashExit     = 3
+)
+
+// TestHelperProcess is not a test: run by crashAt in a child process, it
+// consumes with one worker and exits the process, deferred clean-up
+// unrun, at the crash point. Without the environment it does nothing.
+func TestHelperProcess(t *testing.T) {
+	point := os.Getenv(envCrashPoint)
+	if point == "" {
+		return
+	}
+	e := connect(t, os.Getenv(envNATSURL))
+	e.simURL, e.tokenURL = os.Getenv(envSimURL), os.Getenv(envTokenURL)
+	cfg := testConfig(20)
+	cfg.Workers, cfg.FetchBatch = 1, 1
+	c, _ := e.newConsumer(t, cfg, func(d *Deps) {
+		d.Hook = func(p string) {
+			if p == point {
+				os.Exit(crashExit)
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_ = c.Run(ctx)
+	os.Exit(4) // never reached the crash point
+}
+
+// crashAt runs a consumer in a child process until it dies at point.
+func crashAt(t *testing.T, e *env, point string) {
+	t.Helper()
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envCrashPoint+"="+point, envNATSURL+"="+e.natsURL,
+		envSimURL+"="+e.simURL, envTokenURL+"="+e.tokenURL)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != crashExit {
+		t.Fatalf("helper did not crash at %s: %v\n%s", point, err, out)
+	}
+}
+
+// TestCrashPoints kills a consumer process at each named point and checks
+// that a fresh consumer ends with exactly one COM job and one submitted event.
+func TestCrashPoints(t *testing.T) {
+	for _, point := range []string{"after-claim", "after-post", "after-ledger", "before-ack"} {
+		t.Run(point, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, 20)
+			e.request(t, "//test/crash", "req-"+point, "server-power-on",
+				schemas.Resource{Type: "compute-ops-mgmt/server", ID: comsim.DefaultServer1}, nil)
+			crashAt(t, e, point)
+			c, reg := e.newConsumer(t, testConfig(20), nil)
+			run(t, c)
+			e.drained(t, 20*time.Second)
+			if jobs := topJobs(e.sim); len(jobs) != 1 {
+				t.Fatalf("simulator holds %d jobs, want 1", len(jobs))
+			}
+			evs := e.events(t, schemas.SubjectEvents+".submitted.>")
+			if len(evs) != 1 {
+				t.Fatalf("%d submitted events, want 1", len(evs))
+			}
+			if point == "before-ack" && counter(t, reg, "comjobs_consumer_duplicates_total") != 1 {
+				t.Errorf("redelivery after the ledger said submitted was not counted as a duplicate")
+			}
+		})
+	}
+}
+
+// TestCrashMidPOSTDoesNotAdopt: request A's worker dies right after COM
+// created A's job; B, for the same template and resource, follows. Each
+// ends with its own job, and A's is the older one.
+func TestCrashMidPOSTDoesNotAdopt(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	res := schemas.Resource{Type: "compute-ops-mgmt/server", ID: comsim.DefaultServer2}
+	e.request(t, "//test/adopt", "A", "server-restart", res, nil)
+	crashAt(t, e, "after-post")
+	e.request(t, "//test/adopt", "B", "server-restart", res, nil)
+	c, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, c)
+	e.drained(t, 20*time.Second)
+
+	jobs := topJobs(e.sim)
+	if len(jobs) != 2 {
+		t.Fatalf("simulator holds %d jobs, want 2", len(jobs))
+	}
+	kv, err := e.js.KeyValue(t.Context(), schemas.BucketLedger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger{kv: kv}
+	a, _, err := l.get(t.Context(), schemas.RequestKey("//test/adopt", "A"))
+	if err != nil || a == nil {
+		t.Fatalf("ledger A: %v %v", a, err)
+	}
+	b, _, err := l.get(t.Context(), schemas.RequestKey("//test/adopt", "B"))
+	if err != nil || b == nil {
+		t.Fatalf("ledger B: %v %v", b, err)
+	}
+	if a.State != stateSubmitted || b.State != stateSubmitted || a.JobID == b.JobID {
+		t.Fatalf("A %s job %s, B %s job %s: want both submitted with their own job", a.State, a.JobID, b.State, b.JobID)
+	}
+	ja, _ := e.sim.Job(a.JobID)
+	jb, _ := e.sim.Job(b.JobID)
+	if !ja.CreatedAt.Before(jb.CreatedAt) {
+		t.Errorf("A adopted the newer job (A %s at %s, B %s at %s)", ja.ID, ja.CreatedAt, jb.ID, jb.CreatedAt)
+	}
+}
