@@ -422,13 +422,19 @@ func (st *store) release(r *resState, at time.Time) {
 // parent learns of it.
 func (st *store) ended(j *job, at time.Time) {
 	j.timerSeq++
+	st.childDone(j, j.state == StateError || j.resultCode == ResultFailure, at)
+}
+
+// childDone counts a child of a group job as done (once); the parent ends
+// when its last child has, COMPLETE/FAILURE if any failed.
+func (st *store) childDone(j *job, failed bool, at time.Time) {
 	p := j.parent
 	if p == nil || j.endCounted {
 		return
 	}
 	j.endCounted = true
 	p.openChildren--
-	if j.state == StateError || j.resultCode == ResultFailure {
+	if failed {
 		p.childFailed = true
 	}
 	if p.openChildren == 0 && !p.deleted && !terminal(p.state) {
@@ -666,7 +672,8 @@ func (s *Server) SetState(id, state, result string) error {
 }
 
 // DeleteJob forgets a job, as if COM had lost it: GET answers 404 and lists
-// leave it out. It reports whether the job existed.
+// leave it out, and the job's resource is free. A deleted child counts as a
+// failed one for its group job. It reports whether the job existed.
 func (s *Server) DeleteJob(id string) bool {
 	st := s.store
 	st.mu.Lock()
@@ -685,6 +692,7 @@ func (s *Server) DeleteJob(id string) bool {
 		r.active = nil
 		st.release(r, now)
 	}
+	st.childDone(j, true, now)
 	if st.nDeleted > len(st.order)/2 {
 		st.order = slices.DeleteFunc(st.order, func(j *job) bool { return j.deleted })
 		st.nDeleted = 0

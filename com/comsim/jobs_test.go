@@ -240,6 +240,28 @@ func TestGroupChildren(t *testing.T) {
 	}
 }
 
+// TestDeletedChildFailsParent: a child COM lost counts as failed.
+func TestDeletedChildFailsParent(t *testing.T) {
+	clk := newFakeClock()
+	sim, c := newSim(t, Options{Timing: slow, Clock: clk.Now})
+	parent := c.create(tGroupFirmware, group, DefaultGroup, nil)["id"].(string)
+	clk.Advance(slow.PendingFor)
+	var children []string
+	for _, j := range sim.Jobs() {
+		if j.ParentJobID == parent {
+			children = append(children, j.ID)
+		}
+	}
+	if len(children) != 2 {
+		t.Fatalf("%d children, want 2", len(children))
+	}
+	sim.DeleteJob(children[0])
+	clk.Advance(24 * time.Hour)
+	if p := mustJob(t, sim, parent); p.State != StateComplete || p.ResultCode != ResultFailure {
+		t.Fatalf("parent %s/%s, want COMPLETE/FAILURE", p.State, p.ResultCode)
+	}
+}
+
 // TestScript: a scripted path replaces the usual one; SetState and
 // DeleteJob drive jobs by hand.
 func TestScript(t *testing.T) {

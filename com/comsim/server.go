@@ -1,20 +1,57 @@
 // Package comsim is a simulator of HPE Compute Ops Management's jobs API,
-// faithful enough that passing against it means something: the GreenLake
-// token endpoint, the v1, v1beta3 and v1beta2 jobs routes with COM's bodies,
-// paging envelope, OData filters and error bodies, jobs that move
-// PENDING → RUNNING → COMPLETE with generation and updatedAt moving as COM's
-// do, queueing per resource, group jobs with a child per device, webhooks,
-// rate limits and seeded faults. It is used like net/http/httptest:
+// faithful enough that passing against it means something (think LocalStack
+// for COM). Nobody can test against the real COM in CI; this is what
+// comjobs' tests, demo and `comjobs sim` talk to instead. It is used like
+// net/http/httptest:
 //
 //	sim := comsim.NewServer(comsim.Options{})
 //	defer sim.Close()
-//	// point a client at sim.URL() and sim.TokenURL(), with
-//	// comsim.DefaultClientID / comsim.DefaultClientSecret.
+//	// base URL sim.URL(), token URL sim.TokenURL(), credentials
+//	// sim.ClientID() / sim.ClientSecret().
+//
+// Routes (all under the base URL):
+//
+//	POST /token (also /authorization/v2/oauth2/{workspace}/token, /as/token.oauth2)
+//	POST, GET  /compute-ops-mgmt/v1/jobs          GET, PATCH /compute-ops-mgmt/v1/jobs/{id}
+//	POST, GET  /compute-ops-mgmt/v1beta3/jobs     GET /compute-ops-mgmt/v1beta3/jobs/{id}
+//	GET        /compute-ops-mgmt/v1beta2/jobs     GET /compute-ops-mgmt/v1beta2/jobs/{id}
+//	POST, GET  /compute-ops-mgmt/v1beta1/webhooks GET, DELETE /compute-ops-mgmt/v1beta1/webhooks/{id}
+//
+// Anything else answers a bare 404 (no COM body), as a wrong base URL would.
+// API answers carry ratelimit-limit/-remaining/-reset headers; a missing,
+// unknown or expired bearer token gets 401; Tenant-Acid is accepted.
+// Refusals carry COM's error body {httpStatusCode, errorCode
+// "HPE-GL-COMPUTE_OPS-0<status>001", message, debugId, errorDetails}:
+// 400 for bad JSON, an unknown template id, a resource type the template
+// does not take, parameters that fail the template's JSON Schema (the
+// message names the field), a bad filter, sort, offset or limit (0..1000);
+// 404 for an unknown resource or job; 409 for PATCH on an ended job.
+//
+// Jobs move PENDING → RUNNING → COMPLETE/SUCCESS on the Timing given,
+// lazily: every call first applies the steps that are due, each stamped
+// with the time it was due, so state does not depend on who looked when.
+// Every change bumps generation by one and moves updatedAt (microseconds,
+// strictly increasing across all jobs, so "updatedAt gt <last seen>" never
+// misses a change). A job waits in PENDING (status "Queued behind other
+// running jobs") while another job is RUNNING or STALLED on its resource. A
+// group job runs a child job per device (its "devices" parameter, which must
+// name members, or every member of the group), each a job of the same
+// template on that server with parentJobId set; the group job ends
+// COMPLETE after its last child, FAILURE if any child failed or was
+// deleted.
 //
 // Scenarios need no code: a job on a resource whose id contains STALL ends
-// STALLED (until PATCHed), FAIL ends COMPLETE/FAILURE, ERROR ends ERROR,
-// APPROVAL waits in APPROVAL_PENDING before it runs. DefaultInventory has
-// such servers (ServerStall, ServerFail, ServerError, ServerApproval).
+// STALLED (until PATCHed), FAIL ends COMPLETE/FAILURE, ERROR ends
+// ERROR/FAILURE, APPROVAL waits in APPROVAL_PENDING before it runs.
+// DefaultInventory has such servers (ServerStall, ServerFail, ServerError,
+// ServerApproval). Script and ScriptJob set any path; SetState and DeleteJob
+// drive jobs by hand.
+//
+// Lists answer {count, offset, total, items} in creation order unless a
+// sort is given; the default page is DefaultListLimit; select is accepted
+// and ignored (bodies are whole). PATCH {"state":"ERROR"|"COMPLETE"} ends a
+// job with resultCode FAILURE or SUCCESS respectively (or the resultCode
+// the body names).
 //
 // The simulator shares no code with the client in package com; it imports
 // only com's template catalog, which describes COM rather than the client.
@@ -292,6 +329,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) counted(rt route, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.count(rt)
+		s.logger.Debug("call", "route", rt.key, "version", rt.version)
 		h.ServeHTTP(w, r)
 	})
 }

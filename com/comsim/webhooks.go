@@ -170,7 +170,7 @@ func (w *webhooks) handshake(dest string, headers map[string]string) error {
 	req.Header.Set("x-compute-ops-mgmt-verification-challenge", challenge)
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("handshake: %w", errors.Unwrap(err))
+		return fmt.Errorf("handshake: %w", withoutURL(err))
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
@@ -273,7 +273,7 @@ func (w *webhooks) post(dest string, headers map[string]string, body []byte) err
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("deliver: %w", errors.Unwrap(err))
+		return fmt.Errorf("deliver: %w", withoutURL(err))
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	resp.Body.Close()
@@ -281,6 +281,16 @@ func (w *webhooks) post(dest string, headers map[string]string, body []byte) err
 		return fmt.Errorf("deliver: destination answered %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// withoutURL strips the destination URL from a transport error: it may
+// hold a secret, and is never logged.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 func (w *webhooks) close() {
