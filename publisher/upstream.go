@@ -73,6 +73,8 @@ func (p *Publisher) Submit(ctx context.Context, e event.Event) (SubmitResult, er
 	if err != nil {
 		return SubmitResult{}, fmt.Errorf("submit %q: %w", e.ID(), err)
 	}
+	// The consumer counts every header in the size limit, Nats-Msg-Id too.
+	msg.Header.Set(jetstream.MsgIDHeader, res.Key)
 	decoded, err := cenats.Decode(msg.Header, msg.Data, cenats.DecodeOptions{})
 	if err != nil {
 		return SubmitResult{}, err
@@ -80,7 +82,6 @@ func (p *Publisher) Submit(ctx context.Context, e event.Event) (SubmitResult, er
 	if res, err = v.ValidateRequest(subject, decoded); err != nil {
 		return SubmitResult{}, err
 	}
-	msg.Header.Set(jetstream.MsgIDHeader, res.Key)
 	ack, err := p.js.PublishMsg(ctx, msg)
 	if err != nil {
 		return SubmitResult{}, fmt.Errorf("submit %q to %s: %w", e.ID(), subject, err)
@@ -173,16 +174,19 @@ func (p *Publisher) Wait(ctx context.Context, source, id string, fn func(event.E
 }
 
 // Terminal reports whether e ends its request's story: a rejection, or a
-// state change whose data says terminal.
+// state change whose data says terminal for the request's own job. A group
+// job's children carry their parent's request too; their ends are not the
+// request's end.
 func Terminal(e event.Event) bool {
 	switch e.Type() {
 	case schemas.TypeRejected:
 		return true
 	case schemas.TypeStateChanged:
 		var d struct {
-			Terminal bool `json:"terminal"`
+			Terminal    bool    `json:"terminal"`
+			ParentJobID *string `json:"parentJobId"`
 		}
-		return json.Unmarshal(e.Data(), &d) == nil && d.Terminal
+		return json.Unmarshal(e.Data(), &d) == nil && d.Terminal && (d.ParentJobID == nil || *d.ParentJobID == "")
 	}
 	return false
 }
