@@ -235,6 +235,14 @@ func TestNatsCLIStyleRequest(t *testing.T) {
 	if err := env.nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
+	// A plain publish gets no acknowledgement: poll until the stream holds it.
+	deadline := time.Now().Add(5 * time.Second)
+	for env.count(t, schemas.StreamRequests) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never reached COMJOBS_REQUESTS")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	got := env.lastMsg(t, schemas.StreamRequests, msg.Subject)
 	e, err := cenats.Decode(got.Header, got.Data, cenats.DecodeOptions{})
 	if err != nil {
