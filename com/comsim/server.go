@@ -210,28 +210,44 @@ func NewServer(opts Options) *Server {
 	return s
 }
 
-func (s *Server) start(ln net.Listener) *http.Server {
+// start serves on ln in an owned goroutine; the channel gets Serve's
+// error (nil after Close or Shutdown) when it returns.
+func (s *Server) start(ln net.Listener) (*http.Server, <-chan error) {
 	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
 	s.mu.Lock()
 	s.url = "http://" + ln.Addr().String()
 	s.httpSrv = srv
 	s.mu.Unlock()
+	done := make(chan error, 1)
 	s.serveWG.Add(1)
 	go func() {
 		defer s.serveWG.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		err := srv.Serve(ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		if err != nil {
 			s.logger.Error("serve", "err", err)
 		}
+		done <- err
 	}()
-	return srv
+	return srv, done
 }
 
 // Serve serves on ln until ctx ends, then shuts down (waiting up to 5s for
 // calls in flight) and stops the webhook goroutines. URL is valid once it
-// has been called.
+// has been called. It returns early with the error if serving fails.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := s.start(ln)
-	<-ctx.Done()
+	srv, done := s.start(ln)
+	select {
+	case err := <-done:
+		s.Close()
+		if err != nil {
+			return fmt.Errorf("comsim: serve: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := srv.Shutdown(sctx)

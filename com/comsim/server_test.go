@@ -119,6 +119,9 @@ func TestErrorBodies(t *testing.T) {
 			t.Fatalf("%s: %d %v, want a bare 404", path, code, body)
 		}
 	}
+	if n := c.sim.Calls("unknown"); n != 3 {
+		t.Errorf("unknown-route calls %d, want 3", n)
+	}
 }
 
 // raw sends a body as is.

@@ -1,6 +1,7 @@
 package comsim
 
 import (
+	"context"
 	"encoding/json"
 	"github.com/comjobs/comjobs/com"
 	"io"
@@ -162,4 +163,10 @@ func sortStrings(s []string) { slices.Sort(s) }
 
 func comCreate(templateID, resType, resID string) com.CreateRequest {
 	return com.CreateRequest{TemplateID: templateID, ResourceType: resType, ResourceID: resID}
+}
+
+func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return ctx, cancel
 }
