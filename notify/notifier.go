@@ -81,8 +81,13 @@ type Notifier struct {
 	paused  bool
 	reason  string
 	resumed chan struct{} // closed on resume; replaced on pause
+	trial   chan struct{} // closed to let held events try a sink that cannot probe
 
 	digests map[digestKey]*digestGroup
+
+	// stopping is Run's ctx.Done: held events give up at once on shutdown
+	// instead of waiting out the drain period.
+	stopping <-chan struct{}
 }
 
 // New checks cfg and builds a notifier. It does no I/O.
@@ -101,6 +106,7 @@ func New(cfg Config, deps Deps) (*Notifier, error) {
 		log:     deps.Logger,
 		now:     deps.Now,
 		resumed: make(chan struct{}),
+		trial:   make(chan struct{}),
 		digests: map[digestKey]*digestGroup{},
 	}
 	close(n.resumed)
@@ -171,6 +177,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 		return fmt.Errorf("notifier: consumer %s on %s: %w", schemas.DurableNotifier, schemas.StreamEvents, err)
 	}
 	n.kv = kv
+	n.stopping = ctx.Done()
 	n.mu.Lock()
 	n.running = true
 	n.mu.Unlock()
@@ -290,6 +297,7 @@ func (n *Notifier) handle(ctx context.Context, it *item) {
 	for {
 		err := n.deliverAll(ctx, it)
 		if err == nil {
+			n.resume() // a post worked: whatever was broken is fixed
 			ackQuiet(it.msg)
 			return
 		}
@@ -375,6 +383,7 @@ func (n *Notifier) pause(e *Error) {
 	n.paused = true
 	n.reason = e.Reason
 	n.resumed = make(chan struct{})
+	n.trial = make(chan struct{})
 	n.met.paused.Set(1)
 	n.log.Error("notifier paused: sink setup broken; events stay queued until it works again", "reason", e.Reason, "err", e)
 }
@@ -398,6 +407,15 @@ func (n *Notifier) resumedCh() (<-chan struct{}, bool) {
 	return n.resumed, n.paused
 }
 
+// tryAgain lets held events retry once while staying paused: a success
+// resumes the notifier, a setup failure holds them again.
+func (n *Notifier) tryAgain() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	close(n.trial)
+	n.trial = make(chan struct{})
+}
+
 // waitResumed blocks while paused; false when ctx ended first.
 func (n *Notifier) waitResumed(ctx context.Context) bool {
 	ch, _ := n.resumedCh()
@@ -410,16 +428,23 @@ func (n *Notifier) waitResumed(ctx context.Context) bool {
 }
 
 // hold keeps msg from being redelivered (InProgress, which costs no
-// delivery attempt) until the notifier resumes; false if ctx ended first.
+// delivery attempt) until the notifier resumes or grants a trial; false if
+// ctx ended first.
 func (n *Notifier) hold(ctx context.Context, msg jetstream.Msg) bool {
-	ch, _ := n.resumedCh()
+	n.mu.Lock()
+	ch, trial := n.resumed, n.trial
+	n.mu.Unlock()
 	t := time.NewTicker(min(n.cfg.ProbeInterval, 20*time.Second))
 	defer t.Stop()
 	for {
 		select {
 		case <-ch:
 			return true
+		case <-trial:
+			return true
 		case <-ctx.Done():
+			return false
+		case <-n.stopping:
 			return false
 		case <-t.C:
 			if msg != nil {
@@ -430,8 +455,8 @@ func (n *Notifier) hold(ctx context.Context, msg jetstream.Msg) bool {
 }
 
 // probeLoop checks the sink every ProbeInterval while paused and resumes
-// when it works. A sink that cannot probe is resumed on trial: held events
-// are retried and pause it again if it is still broken.
+// when it works. For a sink that cannot probe, held events are let through
+// for one try (staying paused): the first success resumes.
 func (n *Notifier) probeLoop(ctx context.Context) {
 	t := time.NewTicker(n.cfg.ProbeInterval)
 	defer t.Stop()
@@ -446,7 +471,7 @@ func (n *Notifier) probeLoop(ctx context.Context) {
 		}
 		p, ok := n.sink.(Prober)
 		if !ok {
-			n.resume()
+			n.tryAgain()
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
