@@ -45,7 +45,9 @@ func TestOneMessagePerOutcome(t *testing.T) {
 		{"complete failure", func(x string) { e.publishJob(withChannel(job("job-fail", "COMPLETE", "FAILURE", 3), "#c2"), x) }, "job-fail/terminal"},
 		{"error", func(x string) { e.publishJob(withChannel(job("job-err", "ERROR", "", 3), "#c3"), x) }, "job-err/terminal"},
 		{"lost", func(x string) { e.publishJob(withChannel(job("job-lost", "LOST", "", 3), "#c4"), x) }, "job-lost/terminal"},
-		{"stalled", func(x string) { e.publishJob(withChannel(withPrev(job("job-stall", "STALLED", "", 2), "RUNNING"), "#c5"), x) }, "job-stall/stalled"},
+		{"stalled", func(x string) {
+			e.publishJob(withChannel(withPrev(job("job-stall", "STALLED", "", 2), "RUNNING"), "#c5"), x)
+		}, "job-stall/stalled"},
 		{"overdue", func(x string) {
 			e.publishData(schemas.TypeOverdue, schemas.OverdueSubject("server-power-off"), "job-over/overdue/1h"+x, "job-over", overdue)
 		}, "job-over/overdue-1h0m0s"},
