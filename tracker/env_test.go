@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,25 +84,71 @@ func newEnv(t *testing.T, version string, simOpts comsim.Options) *env {
 
 func (e *env) client(version string) *com.Client {
 	e.t.Helper()
+	return newClient(e.t, e.sim.URL(), version, e.log)
+}
+
+func newClient(t *testing.T, simURL, version string, log *slog.Logger) *com.Client {
+	t.Helper()
 	c, err := com.NewClient(com.Config{
-		BaseURL: e.sim.URL(), TokenURL: e.sim.TokenURL(),
+		BaseURL: simURL, TokenURL: simURL + "/token",
 		ClientID: comsim.DefaultClientID, ClientSecret: comsim.DefaultClientSecret,
 		APIVersion: version, Timeout: 5 * time.Second,
 		RatePerMinute: 1_000_000, RateBurst: 10_000, RetryBaseDelay: 10 * time.Millisecond,
-	}, &http.Client{}, e.log, prometheus.NewRegistry())
+	}, &http.Client{}, log, prometheus.NewRegistry())
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return c
 }
 
-// start runs a tracker until the test ends or stop is called.
-func (e *env) start(cfg tracker.Config, c tracker.COM) (tr *tracker.Tracker, stop func()) {
-	e.t.Helper()
-	if c == nil {
-		c = e.com
+// newChildEnv is the env of a tracker in a child process: it connects to
+// the parent's NATS server and simulator.
+func newChildEnv(t *testing.T, natsURL, simURL string) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
 	}
-	tr, err := tracker.New(cfg, tracker.Deps{JS: e.js, COM: c, Publisher: e.pub, Logger: e.log})
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ctx: ctx, url: natsURL, js: js, log: testLogger(t)}
+	e.com = newClient(t, simURL, "v1", e.log)
+	e.pub = publisher.New(js, e.log)
+	return e
+}
+
+// slogTo logs everything to w.
+func slogTo(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// gauge reads one labelled gauge from reg.
+func gauge(reg *prometheus.Registry, name, label string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// start runs a tracker until the test ends or stop is called.
+func (e *env) start(cfg tracker.Config, reg prometheus.Registerer) (tr *tracker.Tracker, stop func()) {
+	e.t.Helper()
+	tr, err := tracker.New(cfg, tracker.Deps{JS: e.js, COM: e.com, Publisher: e.pub, Logger: e.log, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -139,6 +187,23 @@ func (e *env) submit(slug, resType, resID string) string {
 
 func (e *env) publishSubmitted(j *com.Job, tpl *com.Template) {
 	e.t.Helper()
+	subject, ev, id := e.submittedEvent(j, tpl)
+	if _, err := e.pub.Publish(e.ctx, subject, ev, id); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// publishSubmittedAsync is publishSubmitted without waiting (see Flush).
+func (e *env) publishSubmittedAsync(j *com.Job, tpl *com.Template) {
+	e.t.Helper()
+	subject, ev, id := e.submittedEvent(j, tpl)
+	if _, err := e.pub.PublishAsync(subject, ev, id); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) submittedEvent(j *com.Job, tpl *com.Template) (string, event.Event, string) {
+	e.t.Helper()
 	n := e.n.Add(1)
 	var parent *string
 	if j.ParentJobID != "" {
@@ -158,9 +223,7 @@ func (e *env) publishSubmitted(j *com.Job, tpl *com.Template) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.pub.Publish(e.ctx, schemas.SubmittedSubject(tpl.Slug), ev, "submitted/"+j.ID); err != nil {
-		e.t.Fatal(err)
-	}
+	return schemas.SubmittedSubject(tpl.Slug), ev, "submitted/" + j.ID
 }
 
 // evt is one event the tracker published, as read back from the stream.

@@ -29,10 +29,10 @@ func (t *Tracker) lease(ctx context.Context) error {
 	defer tick.Stop()
 
 	var (
-		rev, seenRev        uint64
-		seenAt, renewedAt   time.Time
-		stopPolling         func()
-		val                 = leaseValue{Holder: t.cfg.Instance}
+		rev, seenRev      uint64
+		seenAt, renewedAt time.Time
+		stopPolling       func()
+		val               = leaseValue{Holder: t.cfg.Instance}
 	)
 	gain := func(r uint64, now time.Time) {
 		rev, renewedAt = r, now

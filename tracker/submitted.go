@@ -117,20 +117,40 @@ func (t *Tracker) handleSubmitted(ctx context.Context, m jetstream.Msg) {
 }
 
 // track creates rec unless the job is tracked already, then feeds job (its
-// state as first seen) through the state machine.
+// state as first seen) through the state machine. A new record is written
+// with the observation already applied, saving a round of reads and writes.
 func (t *Tracker) track(ctx context.Context, rec Record, job *com.Job) error {
+	obs := observation{job: job, at: t.clock.Now()}
+	if job.State == "" {
+		obs.job = nil
+	}
+	mu := t.lockFor(rec.JobID)
+	mu.Lock()
+	t.apply(&rec, obs)
+	t.checkOverdue(&rec, obs.at)
 	data, err := json.Marshal(rec)
 	if err != nil {
+		mu.Unlock()
 		return fmt.Errorf("encode record of job %s: %w", rec.JobID, err)
 	}
-	if _, err := t.kv.Create(ctx, Key(rec.JobID), data); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	rev, err := t.kv.Create(ctx, Key(rec.JobID), data)
+	switch {
+	case err == nil:
+		defer mu.Unlock()
+		if len(rec.Outbox) == 0 {
+			return nil
+		}
+		return t.flush(ctx, &rec, rev)
+	case errors.Is(err, jetstream.ErrKeyExists):
+		mu.Unlock()
+		if obs.job == nil {
+			return nil
+		}
+		return t.observe(ctx, rec.JobID, obs)
+	default:
+		mu.Unlock()
 		return fmt.Errorf("create record of job %s: %w", rec.JobID, err)
 	}
-	if job.State == "" {
-		return nil
-	}
-	at := t.clock.Now()
-	return t.observe(ctx, rec.JobID, observation{job: job, at: at})
 }
 
 // adopt starts tracking child, a job whose parent is tracked: it inherits the

@@ -48,9 +48,9 @@ type Deps struct {
 	JS        jetstream.JetStream
 	COM       COM
 	Publisher Publisher
-	Logger    *slog.Logger         // default: discard
+	Logger    *slog.Logger          // default: discard
 	Registry  prometheus.Registerer // default: a private registry
-	Clock     Clock                // default: the system clock
+	Clock     Clock                 // default: the system clock
 }
 
 // Tracker follows tracked jobs; see the package comment. Run it once.

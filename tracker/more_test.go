@@ -1,0 +1,365 @@
+package tracker_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/schemas"
+	"github.com/comjobs/comjobs/topology"
+	"github.com/comjobs/comjobs/tracker"
+)
+
+// checkAll asserts every event id in the stream is unique and every job's
+// events are exactly-once and in order.
+func (e *env) checkAll(ids []string) {
+	e.t.Helper()
+	evs := e.events()
+	seen := map[string]bool{}
+	for _, v := range evs {
+		if seen[v.ID] {
+			e.t.Errorf("event id %s in the stream twice", v.ID)
+		}
+		seen[v.ID] = true
+	}
+	byJob := stateEvents(evs)
+	for _, id := range ids {
+		rec, ok := e.sim.Job(id)
+		if !ok {
+			e.t.Fatalf("job %s not in simulator", id)
+		}
+		checkJob(e.t, byJob[id], rec, rec.State)
+	}
+}
+
+func (e *env) allEnded(ids []string) func() bool {
+	return func() bool {
+		byJob := stateEvents(e.events())
+		for _, id := range ids {
+			evs := byJob[id]
+			if len(evs) == 0 || !evs[len(evs)-1].Data.Terminal {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// TestRestartMidFlight stops the tracker while jobs run and starts another:
+// the new one resumes from the bucket and nothing is published twice.
+func TestRestartMidFlight(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: 300 * time.Millisecond, RunFor: 600 * time.Millisecond, ApprovalFor: 600 * time.Millisecond}})
+	_, stop := e.start(fastConfig("first"), nil)
+	var ids []string
+	for _, s := range comsim.FleetServers()[:6] {
+		ids = append(ids, e.submit("server-restart", com.ResourceServer, s))
+	}
+	ids = append(ids, e.submit("server-power-on", com.ResourceServer, comsim.ServerApproval))
+	waitFor(t, "first events", func() bool { return len(e.events()) >= len(ids) })
+	stop()
+	// Jobs submitted while no tracker runs are picked up from the durable.
+	ids = append(ids, e.submit("server-restart", com.ResourceServer, comsim.FleetServers()[7]))
+	e.start(fastConfig("second"), nil)
+	waitFor(t, "all jobs ended", e.allEnded(ids))
+	e.checkAll(ids)
+}
+
+// TestOverdue checks one overdue event per threshold for a job that hangs.
+func TestOverdue(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{})
+	cfg := fastConfig("a")
+	cfg.Overdue = map[string][]time.Duration{"server-power-off": {100 * time.Millisecond, 400 * time.Millisecond}}
+	e.start(cfg, nil)
+	srv := comsim.FleetServers()[2]
+	e.sim.Script(srv, []comsim.Step{{State: comsim.StatePending, For: 20 * time.Millisecond}, {State: comsim.StateRunning}})
+	id := e.submit("server-power-off", com.ResourceServer, srv)
+	overdue := func() []evt {
+		var out []evt
+		for _, v := range e.events() {
+			if v.Type == schemas.TypeOverdue {
+				out = append(out, v)
+			}
+		}
+		return out
+	}
+	waitFor(t, "two overdue events", func() bool { return len(overdue()) >= 2 })
+	time.Sleep(300 * time.Millisecond)
+	got := overdue()
+	want := []string{id + "/overdue/100ms", id + "/overdue/400ms"}
+	if len(got) != len(want) {
+		t.Fatalf("got %d overdue events, want %d", len(got), len(want))
+	}
+	for i, v := range got {
+		if v.ID != want[i] || v.Subject != schemas.OverdueSubject("server-power-off") || v.CESubj != id || v.Overdue.Threshold == "" {
+			t.Errorf("overdue event %d: id %s subject %s data %+v", i, v.ID, v.Subject, v.Overdue)
+		}
+	}
+}
+
+// TestChildTracker is the body of the child process TestLeaderKilled
+// starts and kills; in an ordinary run it does nothing.
+func TestChildTracker(t *testing.T) {
+	natsURL := os.Getenv("TRACKER_CHILD_NATS")
+	if natsURL == "" {
+		return
+	}
+	e := newChildEnv(t, natsURL, os.Getenv("TRACKER_CHILD_COM"))
+	e.start(fastConfig("child"), nil)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	fmt.Println("child ready")
+	<-sig
+}
+
+// TestLeaderKilled runs the lease holder in a child process, kills it with
+// SIGKILL mid-flight and checks the other replica takes over without
+// publishing anything twice.
+func TestLeaderKilled(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: 300 * time.Millisecond, RunFor: 900 * time.Millisecond, ApprovalFor: 300 * time.Millisecond}})
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChildTracker$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "TRACKER_CHILD_NATS="+e.url, "TRACKER_CHILD_COM="+e.sim.URL())
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	holder := func() string {
+		kv, err := e.js.KeyValue(e.ctx, topology.BucketControl)
+		if err != nil {
+			return ""
+		}
+		en, err := kv.Get(e.ctx, tracker.LeaseKey)
+		if err != nil {
+			return ""
+		}
+		var v struct{ Holder string }
+		_ = json.Unmarshal(en.Value(), &v)
+		return v.Holder
+	}
+	waitFor(t, "child holds the lease", func() bool { return holder() == "child" })
+	other, _ := e.start(fastConfig("survivor"), nil)
+	var ids []string
+	for _, s := range comsim.FleetServers()[:5] {
+		ids = append(ids, e.submit("server-cold-boot", com.ResourceServer, s))
+	}
+	waitFor(t, "first events", func() bool { return len(e.events()) >= len(ids) })
+	if other.Leading() {
+		t.Fatal("survivor leads while the child holds the lease")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "survivor takes over", other.Leading)
+	waitFor(t, "all jobs ended", e.allEnded(ids))
+	e.checkAll(ids)
+}
+
+// TestWebhooks feeds the tracker through COM webhooks delivered shuffled and
+// duplicated by the simulator, then replays every historical body in random
+// order, twice: events stay exactly-once and in order.
+func TestWebhooks(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{ShuffleWebhooks: true})
+	cfg := fastConfig("a")
+	cfg.PollInterval = 2 * time.Second // webhooks do the work; polling is the slow backstop
+	cfg.MaxInterval = 4 * time.Second
+	cfg.WebhookSecret = "s3cret-webhook"
+	tr, _ := e.start(cfg, nil)
+	hs := httptest.NewServer(tr.WebhookHandler())
+	t.Cleanup(hs.Close)
+	if err := e.sim.RegisterWebhook(hs.URL, map[string]string{tracker.WebhookSecretHeader: cfg.WebhookSecret}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range []string{comsim.FleetServers()[3], comsim.FleetServers()[4], comsim.ServerFail, comsim.ServerApproval} {
+		ids = append(ids, e.submit("server-power-on", com.ResourceServer, s))
+	}
+	waitFor(t, "all jobs ended", e.allEnded(ids))
+
+	var bodies [][]byte
+	for _, id := range ids {
+		rec, _ := e.sim.Job(id)
+		for _, h := range rec.History {
+			b, _ := json.Marshal(map[string]any{
+				"id": id, "type": "compute-ops-mgmt/job", "state": h.State, "generation": h.Generation,
+				"updatedAt": h.At, "createdAt": rec.CreatedAt, "jobTemplate": rec.TemplateID,
+				"resource": map[string]string{"type": rec.ResourceType, "id": rec.ResourceID},
+			})
+			bodies = append(bodies, b, b)
+		}
+	}
+	rand.Shuffle(len(bodies), func(i, j int) { bodies[i], bodies[j] = bodies[j], bodies[i] })
+	for _, b := range bodies {
+		req, _ := http.NewRequest(http.MethodPost, hs.URL, bytes.NewReader(b))
+		req.Header.Set(tracker.WebhookSecretHeader, cfg.WebhookSecret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("replayed delivery answered %d", resp.StatusCode)
+		}
+	}
+	e.checkAll(ids)
+}
+
+// TestWebhookHandler checks the handler's answers to each kind of request.
+func TestWebhookHandler(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{})
+	cfg := fastConfig("a")
+	cfg.WebhookSecret = "s3cret-webhook"
+	var logs bytes.Buffer
+	e.log = slogTo(&logs)
+	tr, _ := e.start(cfg, nil)
+	hs := httptest.NewServer(tr.WebhookHandler())
+	t.Cleanup(hs.Close)
+	tracked := e.submit("server-power-off", com.ResourceServer, comsim.FleetServers()[5])
+	waitFor(t, "job tracked", func() bool { return e.lastState(tracked) != "" })
+	for _, tc := range []struct {
+		name, method, secret, challenge, body string
+		want                                  int
+		wantBody                              string
+	}{
+		{name: "handshake", method: "GET", challenge: "abc123", want: 200, wantBody: `{"verification":"abc123"}`},
+		{name: "get without challenge", method: "GET", want: 400},
+		{name: "no secret", method: "POST", body: `{"id":"x"}`, want: 401},
+		{name: "wrong secret", method: "POST", secret: "guess", body: `{"id":"x"}`, want: 401},
+		{name: "junk", method: "POST", secret: cfg.WebhookSecret, body: `not json`, want: 400},
+		{name: "no id", method: "POST", secret: cfg.WebhookSecret, body: `{"state":"RUNNING"}`, want: 400},
+		{name: "untracked job", method: "POST", secret: cfg.WebhookSecret, body: `{"id":"other","state":"RUNNING","generation":3}`, want: 202},
+		{name: "stale delivery", method: "POST", secret: cfg.WebhookSecret, body: `{"id":"` + tracked + `","state":"PENDING","generation":0}`, want: 200},
+		{name: "too large", method: "POST", secret: cfg.WebhookSecret, body: `{"id":"` + strings.Repeat("a", 2<<20) + `"}`, want: 413},
+		{name: "bad method", method: "PUT", want: 405},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(tc.method, hs.URL, strings.NewReader(tc.body))
+			if tc.secret != "" {
+				req.Header.Set(tracker.WebhookSecretHeader, tc.secret)
+			}
+			if tc.challenge != "" {
+				req.Header.Set(tracker.ChallengeHeader, tc.challenge)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var b bytes.Buffer
+			_, _ = b.ReadFrom(resp.Body)
+			if resp.StatusCode != tc.want {
+				t.Errorf("status %d, want %d (%s)", resp.StatusCode, tc.want, b.String())
+			}
+			if tc.wantBody != "" && strings.TrimSpace(b.String()) != tc.wantBody {
+				t.Errorf("body %s, want %s", b.String(), tc.wantBody)
+			}
+			if strings.Contains(b.String(), cfg.WebhookSecret) {
+				t.Error("answer shows the secret")
+			}
+		})
+	}
+	if strings.Contains(logs.String(), cfg.WebhookSecret) {
+		t.Error("logs show the webhook secret")
+	}
+}
+
+// TestManyJobsFewCalls tracks 10,000 jobs in flight in v1 mode and counts
+// the COM calls a poll cycle costs, through the simulator's counter.
+func TestManyJobsFewCalls(t *testing.T) {
+	n := 10_000
+	if testing.Short() || raceEnabled {
+		// Under -race every JSON and KV operation costs many times more on
+		// 2 cores; the call count per cycle does not depend on n.
+		n = 2_000
+	}
+	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: time.Hour, RunFor: time.Hour, ApprovalFor: time.Hour}})
+	tpl, _ := com.Lookup("server-inventory")
+	reg := prometheus.NewRegistry()
+	cfg := fastConfig("bulk")
+	cfg.PollInterval = 250 * time.Millisecond
+	cfg.MaxInterval = 0
+	cfg.CheckFactor = 1000 // no per-job checks inside this test's window
+	e.start(cfg, reg)
+	// Jobs are created straight in the simulator (no HTTP, not counted)
+	// on resources of their own, then announced as the consumer would.
+	var ids []string
+	start := time.Now()
+	for i := range n {
+		res := fmt.Sprintf("BULK-%05d", i)
+		e.sim.Inventory().Add(com.ResourceServer, res)
+		r, err := e.sim.Submit(com.CreateRequest{TemplateID: tpl.ID, ResourceType: com.ResourceServer, ResourceID: res})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := &com.Job{ID: r.ID, TemplateID: r.TemplateID, ResourceType: r.ResourceType, ResourceID: r.ResourceID,
+			State: r.State, Generation: r.Generation, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
+		e.publishSubmittedAsync(j, tpl)
+		ids = append(ids, r.ID)
+	}
+	if err := e.pub.Flush(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d jobs created and announced in %s", n, time.Since(start))
+	kv, err := e.js.KeyValue(e.ctx, schemas.BucketJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all jobs tracked", func() bool {
+		st, err := kv.Status(e.ctx)
+		return err == nil && st.Values() >= uint64(n)
+	})
+	waitFor(t, "all jobs observed", func() bool { return gauge(reg, "comjobs_tracker_jobs", "PENDING") >= float64(n) })
+	t.Logf("%d jobs tracked and observed after %s", n, time.Since(start))
+	cycles := func() uint64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "comjobs_tracker_poll_cycle_seconds" {
+				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		return 0
+	}
+	measure := func(what string, act func()) float64 {
+		c0 := cycles()
+		e.sim.ResetCalls()
+		act()
+		c1 := cycles()
+		waitFor(t, "poll cycles", func() bool { return cycles() >= c1+3 })
+		calls := e.sim.CallCounts()
+		api := calls["GET /jobs"] + calls["GET /jobs/{id}"]
+		per := float64(api) / float64(cycles()-c0)
+		t.Logf("%s: %d jobs tracked, %d COM calls over %d cycles (%.1f a cycle): %v", what, n, api, cycles()-c0, per, calls)
+		return per
+	}
+	if per := measure("idle", func() {}); per > 20 {
+		t.Errorf("%.1f COM calls a cycle with nothing changing, want a handful", per)
+	}
+	// A thousand jobs change: about one more list page.
+	changed := min(1000, n)
+	per := measure(fmt.Sprintf("%d jobs changing", changed), func() {
+		for _, id := range ids[:changed] {
+			if err := e.sim.SetState(id, comsim.StateRunning, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(t, "changes observed", func() bool {
+			return gauge(reg, "comjobs_tracker_jobs", "RUNNING") >= float64(changed)
+		})
+	})
+	if per > 20 {
+		t.Errorf("%.1f COM calls a cycle, want a handful", per)
+	}
+}
