@@ -180,6 +180,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: watch %s: %w", PauseKey, err)
 	}
+	if err := c.initialPause(ctx, watcher); err != nil {
+		_ = watcher.Stop()
+		return err
+	}
 	advisories, stopAdvisories, err := c.subscribeAdvisories()
 	if err != nil {
 		_ = watcher.Stop()
@@ -346,6 +350,36 @@ func (c *Consumer) comWorks() {
 	}
 }
 
+// initialPause applies the pause key's current value before anything is fetched.
+func (c *Consumer) initialPause(ctx context.Context, w jetstream.KeyWatcher) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("consumer: watch %s ended", PauseKey)
+			}
+			if e == nil {
+				return nil
+			}
+			c.applyPause(e)
+		}
+	}
+}
+
+func (c *Consumer) applyPause(e jetstream.KeyValueEntry) {
+	if e.Operation() == jetstream.KeyValuePut {
+		var r pauseRecord
+		_ = json.Unmarshal(e.Value(), &r)
+		c.log.Warn("submission paused by hand", "reason", r.Reason, "since", r.At)
+		c.setPause(func() { c.manual, c.manualReason = true, r.Reason })
+		return
+	}
+	c.log.Info("submission resumed by hand")
+	c.setPause(func() { c.manual, c.manualReason = false, "" })
+}
+
 // watchPause follows the manual pause key until ctx ends.
 func (c *Consumer) watchPause(ctx context.Context, w jetstream.KeyWatcher) {
 	defer func() { _ = w.Stop() }()
@@ -357,17 +391,8 @@ func (c *Consumer) watchPause(ctx context.Context, w jetstream.KeyWatcher) {
 			if !ok {
 				return
 			}
-			if e == nil {
-				continue // initial values done
-			}
-			if e.Operation() == jetstream.KeyValuePut {
-				var r pauseRecord
-				_ = json.Unmarshal(e.Value(), &r)
-				c.log.Warn("submission paused by hand", "reason", r.Reason, "since", r.At)
-				c.setPause(func() { c.manual, c.manualReason = true, r.Reason })
-			} else {
-				c.log.Info("submission resumed by hand")
-				c.setPause(func() { c.manual, c.manualReason = false, "" })
+			if e != nil {
+				c.applyPause(e)
 			}
 		}
 	}

@@ -345,6 +345,9 @@ func (c *Consumer) postFailed(ctx context.Context, r *request, le *ledgerEntry, 
 		c.gate.block(until)
 		r.log.Warn("COM rate limit: all workers wait", "until", until)
 		return &waitErr{delay: pause + c.backoff(1), why: "COM rate limit"}
+	case ce != nil && notSent(ce):
+		c.release(ctx, r, rev, rh)
+		return &waitErr{delay: c.backoff(int(r.delivered)), why: "the create call was never sent: " + ce.Message}
 	case com.IsConfig(err):
 		c.release(ctx, r, rev, rh)
 		return fmt.Errorf("submit job: %w", err)
@@ -360,6 +363,13 @@ func (c *Consumer) postFailed(ctx context.Context, r *request, le *ledgerEntry, 
 	}
 	_ = c.ledger.endFlight(ctx, rh, r.key)
 	return fmt.Errorf("submit job (it may exist; the next delivery looks in COM first): %w", err)
+}
+
+// notSent reports a create that failed before any request reached COM:
+// the client's rate limiter held it until the call's deadline. Nothing can
+// have been created, so the claim may be released.
+func notSent(ce *com.Error) bool {
+	return ce.StatusCode == 0 && ce.Kind == com.KindTransient && ce.Message == "waiting for the rate limiter"
 }
 
 func comMessage(ce *com.Error, err error) string {

@@ -354,3 +354,16 @@ func dlqBySeq(msgs []*nats.Msg) map[uint64][]string {
 }
 
 var _ = strings.TrimSpace
+
+// comClientWith is a client of e's simulator with the given secret.
+func comClientWith(t testing.TB, e *env, secret string) *com.Client {
+	t.Helper()
+	c, err := com.NewClient(com.Config{
+		BaseURL: e.simURL, TokenURL: e.tokenURL, ClientID: comsim.DefaultClientID, ClientSecret: secret,
+		Timeout: 5 * time.Second, RetryBaseDelay: 20 * time.Millisecond, RatePerMinute: 1_000_000, RateBurst: 10_000,
+	}, &http.Client{}, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

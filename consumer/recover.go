@@ -2,6 +2,7 @@ package consumer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -100,6 +101,8 @@ func (c *Consumer) search(ctx context.Context, r *request, le *ledgerEntry) (*co
 			(j.ResourceType == "" || j.ResourceType == le.ResourceType)
 	}
 	var found []com.Job
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.POSTTimeout)
+	defer cancel()
 	start := time.Now()
 	var err error
 	if c.d.COM.APIVersion() == "" || c.d.COM.APIVersion() == "v1" {
@@ -121,6 +124,10 @@ func (c *Consumer) search(ctx context.Context, r *request, le *ledgerEntry) (*co
 	}
 	c.m.comLatency.Observe(time.Since(start).Seconds())
 	if err != nil {
+		var ce *com.Error
+		if errors.As(err, &ce) && ce.RetryAfter > 0 && ce.StatusCode == 429 {
+			c.gate.block(c.now().Add(ce.RetryAfter))
+		}
 		return nil, fmt.Errorf("look for the claim's job in COM: %w", err)
 	}
 	slices.SortStableFunc(found, func(a, b com.Job) int { return a.CreatedAt.Compare(b.CreatedAt) })

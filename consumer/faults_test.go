@@ -1,0 +1,234 @@
+package consumer
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/schemas"
+)
+
+var (
+	server1 = schemas.Resource{Type: com.ResourceServer, ID: comsim.DefaultServer1}
+	server2 = schemas.Resource{Type: com.ResourceServer, ID: comsim.DefaultServer2}
+)
+
+// submittedOnce checks that each of n requests from source has exactly one
+// submitted event and that the simulator holds n jobs.
+func submittedOnce(t *testing.T, e *env, source string, n int) {
+	t.Helper()
+	per := map[string]int{}
+	for _, ev := range e.events(t, schemas.SubjectEvents+".submitted.>") {
+		if ext(ev, schemas.ExtRequestSource) == source {
+			per[ext(ev, schemas.ExtRequestID)]++
+		}
+	}
+	for i := range n {
+		if got := per[fmt.Sprint(i)]; got != 1 {
+			t.Errorf("request %d: %d submitted events, want 1", i, got)
+		}
+	}
+	if got := len(topJobs(e.sim)); got != n {
+		t.Errorf("simulator holds %d jobs, want %d", got, n)
+	}
+}
+
+// TestFaultyCOM: 30% 429s and 10% 5xx still end with every request
+// submitted exactly once.
+func TestFaultyCOM(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	e.sim.SetFaults(comsim.Faults{Rate429: 0.3, Rate5xx: 0.1, RateWindow: 200 * time.Millisecond})
+	const n = 30
+	templates := []string{"server-power-on", "server-restart", "server-inventory"}
+	for i := range n {
+		res := server1
+		if i%2 == 1 {
+			res = server2
+		}
+		e.request(t, "//test/faulty", fmt.Sprint(i), templates[i%len(templates)], res, nil)
+	}
+	cfg := testConfig(20)
+	cfg.BackoffMax = time.Second // 20 deliveries outlast the simulator's 1s rate-limit resets
+	c, reg := e.newConsumer(t, cfg, nil)
+	run(t, c)
+	e.drained(t, 40*time.Second)
+	submittedOnce(t, e, "//test/faulty", n)
+	if counter(t, reg, "comjobs_consumer_retries_total") == 0 {
+		t.Errorf("no retries counted under faults")
+	}
+}
+
+// TestStopMidBatchAndRestart stops a consumer while it works and starts
+// another: nothing is lost or doubled.
+func TestStopMidBatchAndRestart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	e.sim.SetFaults(comsim.Faults{RateSlow: 0.5, SlowBy: 100 * time.Millisecond})
+	const n = 40
+	for i := range n {
+		res := server1
+		if i%2 == 1 {
+			res = server2
+		}
+		e.request(t, "//test/restart", fmt.Sprint(i), "server-inventory", res, nil)
+	}
+	first, _ := e.newConsumer(t, testConfig(20), nil)
+	stop := run(t, first)
+	eventually(t, 20*time.Second, "some jobs created", func() (bool, string) {
+		return len(topJobs(e.sim)) >= 5, fmt.Sprint(len(topJobs(e.sim)))
+	})
+	stop()
+	if len(topJobs(e.sim)) == n {
+		t.Log("the first consumer finished everything before it was stopped")
+	}
+	second, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, second)
+	e.drained(t, 30*time.Second)
+	submittedOnce(t, e, "//test/restart", n)
+}
+
+// TestPolicy: a policy file decides per source, template and resource.
+func TestPolicy(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.json")
+	policy := `{"rules": [
+	  {"name": "firmware-pipeline", "source": "//ci/firmware", "templates": ["*firmware*"], "effect": "allow"},
+	  {"name": "only-firmware-pipeline", "templates": ["*firmware*"], "effect": "deny"},
+	  {"name": "protect-s2", "templates": ["server-power-off"], "resources": ["P06760-*"], "effect": "deny"},
+	  {"name": "ci", "source": "//ci/*", "effect": "allow"}
+	]}`
+	if err := os.WriteFile(path, []byte(policy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := LoadPolicy(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw, _ := com.Lookup("server-firmware-update")
+	off, _ := com.Lookup("server-power-off")
+	tests := []struct {
+		name   string
+		source string
+		tpl    *com.Template
+		res    schemas.Resource
+		allow  bool
+	}{
+		{"firmware pipeline may update firmware", "//ci/firmware", fw, server1, true},
+		{"others may not update firmware", "//ci/ops", fw, server1, false},
+		{"nobody may power off the protected server", "//ci/ops", off, server2, false},
+		{"ci may power off others", "//ci/ops", off, server1, true},
+		{"unknown source matches no rule", "//elsewhere", off, server1, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rej := p.Decide(tc.source, tc.tpl, tc.res)
+			if (rej == nil) != tc.allow {
+				t.Fatalf("Decide = %v, want allow=%v", rej, tc.allow)
+			}
+			if rej != nil && rej.Reason != schemas.ReasonForbidden {
+				t.Errorf("reason %s, want forbidden", rej.Reason)
+			}
+		})
+	}
+	if rej := (*Policy)(nil).Decide("//anyone", off, server2); rej != nil {
+		t.Errorf("no policy must allow everything, got %v", rej)
+	}
+	if err := os.WriteFile(path, []byte(`{"rules":[{"effect":"maybe"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadPolicy(path); err == nil {
+		t.Errorf("a rule with effect maybe loaded")
+	}
+
+	// End to end: a denied request is rejected forbidden and dead-lettered.
+	e := newEnv(t, 20)
+	denied := e.request(t, "//ci/ops", "deny-1", "server-power-off", server2, nil)
+	e.request(t, "//ci/ops", "allow-1", "server-power-off", server1, nil)
+	c, reg := e.newConsumer(t, testConfig(20), func(d *Deps) { d.Policy = p })
+	run(t, c)
+	e.drained(t, 20*time.Second)
+	if got := rejectedBySeq(t, e.events(t, schemas.SubjectEvents+".rejected.>"))[denied]; len(got) != 1 || got[0] != schemas.ReasonForbidden {
+		t.Errorf("denied request: rejected %v, want [forbidden]", got)
+	}
+	if got := dlqBySeq(e.deadLetters(t))[denied]; len(got) != 1 || got[0] != schemas.ReasonForbidden {
+		t.Errorf("denied request: dead letters %v, want [forbidden]", got)
+	}
+	if got := len(topJobs(e.sim)); got != 1 {
+		t.Errorf("simulator holds %d jobs, want 1", got)
+	}
+	if got := counter(t, reg, "comjobs_consumer_rejected_total", "reason", schemas.ReasonForbidden); got != 1 {
+		t.Errorf("rejected_total{forbidden} = %v", got)
+	}
+}
+
+// TestPauseResume: a pause by hand holds requests queued until resume.
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	ctx := t.Context()
+	if err := Pause(ctx, e.js, "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	paused, reason, err := IsPaused(ctx, e.js)
+	if err != nil || !paused || reason != "maintenance" {
+		t.Fatalf("IsPaused = %v %q %v", paused, reason, err)
+	}
+	c, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, c)
+	eventually(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
+	if err := c.Ready(); err != nil {
+		t.Errorf("a pause by hand must not fail readiness: %v", err)
+	}
+	e.request(t, "//test/pause", "0", "server-power-on", server1, nil)
+	time.Sleep(500 * time.Millisecond) // several fetch periods
+	if got := len(topJobs(e.sim)); got != 0 {
+		t.Fatalf("%d jobs created while paused", got)
+	}
+	if err := Resume(ctx, e.js); err != nil {
+		t.Fatal(err)
+	}
+	e.drained(t, 10*time.Second)
+	submittedOnce(t, e, "//test/pause", 1)
+	if paused, _, _ := IsPaused(ctx, e.js); paused || c.Paused() {
+		t.Errorf("still paused after resume")
+	}
+}
+
+// TestConfigFault: COM refusing the credentials pauses submission, fails
+// readiness, keeps the request queued, and resumes once COM accepts again.
+func TestConfigFault(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	bad := comClientWith(t, e, "wrong-secret")
+	c, reg := e.newConsumer(t, testConfig(20), func(d *Deps) { d.COM = bad })
+	stop := run(t, c)
+	e.request(t, "//test/config", "0", "server-power-on", server1, nil)
+	eventually(t, 10*time.Second, "paused by the fault", func() (bool, string) {
+		return c.Ready() != nil && c.Paused(), fmt.Sprint(c.Ready())
+	})
+	if got := counter(t, reg, "comjobs_consumer_paused"); got != 1 {
+		t.Errorf("paused gauge = %v", got)
+	}
+	if err := c.Ready(); err != nil && containsSecret(err.Error()) {
+		t.Errorf("readiness error shows the secret: %v", err)
+	}
+	stop()
+	if evs := e.events(t, schemas.SubjectEvents+".rejected.>"); len(evs) != 0 {
+		t.Fatalf("a configuration fault rejected the request")
+	}
+	good, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, good)
+	e.drained(t, 10*time.Second)
+	submittedOnce(t, e, "//test/config", 1)
+}
+
+func containsSecret(s string) bool {
+	return strings.Contains(s, "wrong-secret") || strings.Contains(s, comsim.DefaultClientSecret)
+}
