@@ -251,7 +251,7 @@ func (c *Consumer) resolve(r *request, le *ledgerEntry) error {
 	_ = json.Unmarshal(r.ev.Data(), &req)
 	r.res = &schemas.Resolved{Request: req, Template: t,
 		Resource: schemas.Resource{Type: le.ResourceType, ID: le.ResourceID},
-		Key: r.key, Source: r.ev.Source(), ID: r.ev.ID()}
+		Key:      r.key, Source: r.ev.Source(), ID: r.ev.ID()}
 	r.expired = rej
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -353,7 +352,6 @@ func dlqBySeq(msgs []*nats.Msg) map[uint64][]string {
 	return out
 }
 
-var _ = strings.TrimSpace
 
 // comClientWith is a client of e's simulator with the given secret.
 func comClientWith(t testing.TB, e *env, secret string) *com.Client {

@@ -169,4 +169,3 @@ func (c *Consumer) walkNewest(ctx context.Context, since time.Time, fn func(*com
 
 // odataString escapes s for a single-quoted OData literal.
 func odataString(s string) string { return strings.ReplaceAll(s, "'", "''") }
-
