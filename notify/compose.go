@@ -202,7 +202,7 @@ func (n *Notifier) rejectedMessage(e event.Event, r *schemas.Rejected, requester
 		fields = append(fields, Field{"Labels", l})
 	}
 	m := Message{
-		Kind: KindRejected, Key: key + "." + KindRejected,
+		Kind: KindRejected, JobID: key, Key: key + "." + KindRejected,
 		Mark: MarkRejected, Title: "REJECTED", Subject: subject, Fields: fields,
 	}
 	m.Channel, m.Mention = n.cfg.route(f, false)

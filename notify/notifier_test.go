@@ -53,7 +53,7 @@ func TestOneMessagePerOutcome(t *testing.T) {
 		}, "job-over/overdue-1h0m0s"},
 		{"rejected", func(x string) {
 			e.publishData(schemas.TypeRejected, schemas.RejectedSubject("server-power-off"), "rej-1"+x, "", rejected)
-		}, "/rejected"},
+		}, schemas.RequestKey(reqRef.Source, reqRef.ID) + "/rejected"},
 		{"running is off by default", func(x string) { e.publishJob(withChannel(job("job-run", "RUNNING", "", 1), "#c8"), x) }, ""},
 	}
 	for _, ev := range events {
