@@ -31,7 +31,7 @@ import (
 // env is one test world: an embedded JetStream server with the topology,
 // the COM simulator over HTTP, a COM client and a publisher.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context
 	url string
 	js  jetstream.JetStream
@@ -42,14 +42,14 @@ type env struct {
 	n   atomic.Int64
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("TRACKER_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-func newEnv(t *testing.T, version string, simOpts comsim.Options) *env {
+func newEnv(t testing.TB, version string, simOpts comsim.Options) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -87,7 +87,7 @@ func (e *env) client(version string) *com.Client {
 	return newClient(e.t, e.sim.URL(), version, e.log)
 }
 
-func newClient(t *testing.T, simURL, version string, log *slog.Logger) *com.Client {
+func newClient(t testing.TB, simURL, version string, log *slog.Logger) *com.Client {
 	t.Helper()
 	c, err := com.NewClient(com.Config{
 		BaseURL: simURL, TokenURL: simURL + "/token",
@@ -103,7 +103,7 @@ func newClient(t *testing.T, simURL, version string, log *slog.Logger) *com.Clie
 
 // newChildEnv is the env of a tracker in a child process: it connects to
 // the parent's NATS server and simulator.
-func newChildEnv(t *testing.T, natsURL, simURL string) *env {
+func newChildEnv(t testing.TB, natsURL, simURL string) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -290,7 +290,7 @@ func stateEvents(evs []evt) map[string][]evt {
 }
 
 // waitFor polls cond until it holds or a deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
@@ -312,7 +312,7 @@ func (e *env) lastState(id string) string {
 
 // checkJob asserts the events of one job are exactly-once, in order, a
 // subsequence of the simulator's history, ending in want.
-func checkJob(t *testing.T, evs []evt, rec comsim.JobRecord, want string) {
+func checkJob(t testing.TB, evs []evt, rec comsim.JobRecord, want string) {
 	t.Helper()
 	if len(evs) == 0 {
 		t.Errorf("job %s: no events", rec.ID)

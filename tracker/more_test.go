@@ -363,3 +363,30 @@ func TestManyJobsFewCalls(t *testing.T) {
 		t.Errorf("%.1f COM calls a cycle, want a handful", per)
 	}
 }
+
+// FuzzWebhook sends arbitrary bodies, with and without the secret, to the
+// webhook handler of a running tracker: it never panics and never answers
+// 500.
+func FuzzWebhook(f *testing.F) {
+	e := newEnv(f, "v1", comsim.Options{})
+	cfg := fastConfig("fuzz")
+	cfg.WebhookSecret = "fuzz-secret"
+	tr, _ := e.start(cfg, nil)
+	h := tr.WebhookHandler()
+	f.Add([]byte(`{"id":"x","state":"RUNNING","generation":2}`), true)
+	f.Add([]byte(`{"id":"","generation":"x"}`), true)
+	f.Add([]byte(`{"id":"a","parentJobId":"b","updatedAt":"not a time"}`), true)
+	f.Add([]byte(`[1,2,3]`), true)
+	f.Add([]byte("\x00\xff"), false)
+	f.Fuzz(func(t *testing.T, body []byte, withSecret bool) {
+		req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+		if withSecret {
+			req.Header.Set(tracker.WebhookSecretHeader, cfg.WebhookSecret)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code >= 500 && w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("status %d for %q", w.Code, body)
+		}
+	})
+}
