@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -95,12 +96,14 @@ func (n *Notifier) planJob(typ string, j *schemas.JobEvent, requester string) []
 	}
 	if prev == schemas.StateStalled && j.State != schemas.StateStalled {
 		m := n.jobMessage(KindStalledResolved, j, requester)
+		m.Key, m.Ref = m.Key+"."+stalledRef(j.Generation), stalledRef(j.Generation)
 		m.Mark, m.Title = MarkResolved, "LEFT STALLED → "+stateTitle(j)
 		add(m, false, true)
 	}
 	switch {
 	case j.State == schemas.StateStalled && prev != schemas.StateStalled:
 		m := n.jobMessage(KindStalled, j, requester)
+		m.Key, m.Ref = stalledKey(j.JobID, j.Generation), stalledRef(j.Generation)
 		m.Mark, m.Title = MarkStalled, "STALLED"
 		add(m, true, false)
 	case schemas.IsTerminal(j.State):
@@ -348,3 +351,12 @@ func sanitizeToken(s string) string {
 	}
 	return string(b)
 }
+
+// stalledKey is the notification key of the STALLED alert of one episode:
+// the job entered STALLED at generation gen. A job that stalls again later
+// is a new episode with its own alert.
+func stalledKey(jobID string, gen int64) string {
+	return sanitizeToken(jobID) + "." + KindStalled + "." + stalledRef(gen)
+}
+
+func stalledRef(gen int64) string { return "g" + strconv.FormatInt(gen, 10) }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -113,7 +114,7 @@ func (n *Notifier) claim(ctx context.Context, key string, rec record) (uint64, c
 func (n *Notifier) deliver(ctx context.Context, msg jetstream.Msg, a action) error {
 	m := a.m
 	if a.resolve {
-		ok, err := n.threadUnderStalled(ctx, msg, &m)
+		ok, err := n.threadUnderStalled(ctx, msg, &m, a.job.Generation)
 		if err != nil || !ok {
 			return err
 		}
@@ -195,18 +196,46 @@ func (n *Notifier) post(ctx context.Context, msg jetstream.Msg, m Message) (Rece
 	return r, nil
 }
 
+// openStalled finds the STALLED alert of job's latest episode (the one
+// with the highest generation not above gen): its key, record and revision.
+// found is false when the job has no alert on record.
+func (n *Notifier) openStalled(ctx context.Context, jobID string, gen int64) (key string, rec record, rev uint64, found bool, err error) {
+	lister, err := n.kv.ListKeysFiltered(ctx, sanitizeToken(jobID)+"."+KindStalled+".*")
+	if err != nil {
+		return "", rec, 0, false, err
+	}
+	best := int64(-1)
+	for k := range lister.Keys() {
+		g, perr := strconv.ParseInt(strings.TrimPrefix(k[strings.LastIndexByte(k, '.')+1:], "g"), 10, 64)
+		if perr != nil || g > gen || g <= best {
+			continue
+		}
+		best, key = g, k
+	}
+	if key == "" {
+		return "", rec, 0, false, nil
+	}
+	e, err := n.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", rec, 0, false, nil
+	}
+	if err != nil {
+		return "", rec, 0, false, err
+	}
+	_ = json.Unmarshal(e.Value(), &rec)
+	return key, rec, e.Revision(), true, nil
+}
+
 // threadUnderStalled points a resolution at its STALLED alert. It reports
 // false (and no error) when there is nothing to resolve.
-func (n *Notifier) threadUnderStalled(ctx context.Context, msg jetstream.Msg, m *Message) (bool, error) {
-	e, err := n.kv.Get(ctx, sanitizeToken(m.JobID)+"."+KindStalled)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return true, nil // no alert known (older than the bucket's TTL): post unthreaded
-	}
+func (n *Notifier) threadUnderStalled(ctx context.Context, msg jetstream.Msg, m *Message, gen int64) (bool, error) {
+	_, rec, _, found, err := n.openStalled(ctx, m.JobID, gen)
 	if err != nil {
 		return false, &Error{Class: Transient, Reason: "kv", Err: err}
 	}
-	var rec record
-	_ = json.Unmarshal(e.Value(), &rec)
+	if !found {
+		return true, nil // no alert known (older than the bucket's TTL): post unthreaded
+	}
 	if !rec.Posted {
 		delivered := uint64(0)
 		if msg != nil {
@@ -229,13 +258,8 @@ func (n *Notifier) threadUnderStalled(ctx context.Context, msg jetstream.Msg, m 
 // closeStalled marks the STALLED alert of a.job resolved and, with a
 // threading sink, edits the alert to show the final state.
 func (n *Notifier) closeStalled(ctx context.Context, a action) {
-	key := sanitizeToken(a.job.JobID) + "." + KindStalled
-	e, err := n.kv.Get(ctx, key)
-	if err != nil {
-		return
-	}
-	var rec record
-	if json.Unmarshal(e.Value(), &rec) != nil || !rec.Open {
+	key, rec, rev, found, err := n.openStalled(ctx, a.job.JobID, a.job.Generation)
+	if err != nil || !found || !rec.Open {
 		return
 	}
 	if n.threader != nil && rec.TS != "" {
@@ -249,7 +273,7 @@ func (n *Notifier) closeStalled(ctx context.Context, a action) {
 	}
 	rec.Open = false
 	b, _ := json.Marshal(rec)
-	if _, err := n.kv.Update(ctx, key, b, e.Revision()); err != nil {
+	if _, err := n.kv.Update(ctx, key, b, rev); err != nil {
 		n.log.Warn("close stalled alert", "job", a.job.JobID, "err", err)
 	}
 }
@@ -275,7 +299,7 @@ func (n *Notifier) reminderLoop(ctx context.Context) {
 }
 
 func (n *Notifier) remind(ctx context.Context) {
-	lister, err := n.kv.ListKeysFiltered(ctx, "*."+KindStalled)
+	lister, err := n.kv.ListKeysFiltered(ctx, "*."+KindStalled+".*")
 	if err != nil {
 		return
 	}
@@ -297,8 +321,9 @@ func (n *Notifier) remind(ctx context.Context) {
 			continue
 		}
 		m := n.jobMessage(KindStalledReminder, rec.Job, rec.Requester)
-		m.Key = sanitizeToken(rec.Job.JobID) + "." + KindStalledReminder + "-" + strconv.Itoa(nth)
-		m.Ref = strconv.Itoa(nth)
+		episode := key[strings.LastIndexByte(key, '.')+1:]
+		m.Key = sanitizeToken(rec.Job.JobID) + "." + KindStalledReminder + "-" + episode + "-" + strconv.Itoa(nth)
+		m.Ref = episode + "-" + strconv.Itoa(nth)
 		m.Mark, m.Title = MarkStalled, "STILL STALLED after "+fmtDuration(n.now().Sub(rec.PostedAt))
 		m.Channel, m.Mention = rec.Channel, rec.Mention
 		if n.threader != nil {
