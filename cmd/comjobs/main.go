@@ -88,7 +88,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
-	if wantsHelp(args[1:]) && name != "submit" && name != "jobs" && name != "dlq" && name != "tail" {
+	// submit and tail, and jobs and dlq after their subcommand, print their
+	// flags and the settings themselves; `jobs --help` and `dlq --help` land here.
+	ownHelp := name == "submit" || name == "tail" || ((name == "jobs" || name == "dlq") && !(len(args) > 1 && wantsHelp(args[1:2])))
+	if wantsHelp(args[1:]) && !ownHelp {
 		fmt.Fprintf(stdout, "comjobs %s — %s\n\nSettings (environment):\n", name, cmd.summary)
 		PrintSettings(stdout)
 		return 0
