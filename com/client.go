@@ -97,6 +97,10 @@ type Client struct {
 	remaining int
 	reset     time.Time
 	quotaSeen bool
+	// fault is the outcome of the last call when it says COM cannot be
+	// used (no answer at all, or a configuration fault); nil after any
+	// call COM answered normally.
+	fault error
 }
 
 // NewClient validates cfg, applies its defaults and returns a Client that
@@ -412,10 +416,36 @@ type call struct {
 // maxRetryDelay caps one retry delay.
 const maxRetryDelay = 10 * time.Second
 
+// Reachable reports whether COM looked usable on the last call: nil until
+// a call fails, nil again after any call COM answered (even with a 4xx
+// about the request or a 429), and the error when the last call got no
+// answer or hit a configuration fault (401 after renewal, 403, wrong base
+// URL). It makes no call itself, so /readyz probes cost no COM quota.
+func (c *Client) Reachable() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fault
+}
+
+func (c *Client) noteOutcome(err error) {
+	var e *Error
+	var fault error
+	if errors.As(err, &e) && (e.Kind == KindConfig || (e.Kind == KindTransient && e.StatusCode == 0)) {
+		fault = err
+	}
+	if err != nil && errors.Is(err, context.Canceled) {
+		return
+	}
+	c.mu.Lock()
+	c.fault = fault
+	c.mu.Unlock()
+}
+
 // do runs c with its retries and returns the 2xx body.
 func (c *Client) do(ctx context.Context, cl call) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		body, err := c.attempt(ctx, cl)
+		c.noteOutcome(err)
 		if err == nil {
 			return body, nil
 		}

@@ -392,3 +392,49 @@ func TestListAll(t *testing.T) {
 func slogTo(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+func TestReachable(t *testing.T) {
+	var refuse atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, `{"access_token":"tok","token_type":"Bearer","expires_in":900}`)
+			return
+		}
+		if refuse.Load() {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"count":0,"offset":0,"total":0,"items":[]}`)
+	}))
+	defer srv.Close()
+	c, err := com.NewClient(com.Config{BaseURL: srv.URL, TokenURL: srv.URL + "/token", ClientID: "id", ClientSecret: "s3cret"}, srv.Client(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Reachable(); err != nil {
+		t.Fatalf("before any call: %v", err)
+	}
+	if _, err := c.List(ctx, com.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reachable(); err != nil {
+		t.Fatalf("after a good call: %v", err)
+	}
+	refuse.Store(true)
+	if _, err := c.List(ctx, com.ListOptions{}); !com.IsConfig(err) {
+		t.Fatalf("403: want a configuration fault, got %v", err)
+	}
+	if err := c.Reachable(); !com.IsConfig(err) {
+		t.Fatalf("after a 403: want the configuration fault, got %v", err)
+	}
+	refuse.Store(false)
+	if _, err := c.List(ctx, com.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reachable(); err != nil {
+		t.Fatalf("after recovery: %v", err)
+	}
+}

@@ -120,6 +120,9 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		return nil
 	})
 	ready.add("topology", func(ctx context.Context) error { return topology.Check(ctx, in.js) })
+	if in.com != nil {
+		ready.add("com", func(context.Context) error { return in.com.Reachable() })
+	}
 
 	s := &service{env: env, in: in, done: make(chan struct{})}
 	mux := newMux(in.reg, ready)
