@@ -26,8 +26,10 @@ lint:
 demo:
 	$(GO) run ./cmd/comjobs demo
 
-## bench: the comparison table (pipeline, tracking, notifying) and the Go micro-benchmarks.
+## bench: the comparison table (pipeline, tracking, notifying; bench/) and the Go micro-benchmarks
+## (decode+validate a request, encode an event, render a Slack message). Numbers are printed, never asserted.
 bench:
+	$(GO) test -run '^TestBenchTable$$' -count=1 -v -timeout 30m ./bench/ -args -bench.table
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
 
 ## fuzz: each fuzz target in turn for FUZZTIME (go test -fuzz takes one target per run).

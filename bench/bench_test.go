@@ -1,0 +1,270 @@
+package bench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/natsrv"
+	"github.com/comjobs/comjobs/topology"
+)
+
+var (
+	full       = flag.Bool("bench.table", false, "run TestBenchTable at full size and print the table (make bench)")
+	profileDir = flag.String("bench.profile", "", "write a CPU profile of each measured phase into this directory")
+)
+
+// profile CPU-profiles one phase into -bench.profile/<name>.pprof; the
+// returned stop ends it. Without the flag it does nothing.
+func profile(t testing.TB, name string) (stop func()) {
+	if *profileDir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(*profileDir, name+".pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}
+}
+
+// sizes are one run's workload.
+type sizes struct {
+	requests int   // pipeline row
+	workers  int   // consumer workers, and the floor reference's
+	tracking []int // jobs in flight per tracking row
+	notify   int   // terminal events for the notifier row
+	channels int   // Slack channels they spread over
+}
+
+var (
+	fullSizes  = sizes{requests: 20_000, workers: 64, tracking: []int{10_000, 100_000}, notify: 1_000, channels: 50}
+	smokeSizes = sizes{requests: 500, workers: 16, tracking: []int{1_000}, notify: 60, channels: 10}
+)
+
+// row is one line of the table: a figure, its reference and their ratio.
+type row struct {
+	what, figure, reference, ratio string
+}
+
+// TestBenchTable measures every row of the performance table and prints it.
+// At smoke size (no -bench.table) it checks that each measurement did its
+// work completely, never how fast.
+func TestBenchTable(t *testing.T) {
+	sz := smokeSizes
+	if *full {
+		sz = fullSizes
+	}
+	var rows []row
+	t.Run("pipeline", func(t *testing.T) { rows = append(rows, pipelineRows(t, sz)...) })
+	for _, n := range sz.tracking {
+		t.Run(fmt.Sprintf("tracking-%d", n), func(t *testing.T) { rows = append(rows, trackingRows(t, n)...) })
+	}
+	t.Run("notifying", func(t *testing.T) { rows = append(rows, notifyRows(t, sz)...) })
+	printTable(os.Stdout, sz, rows)
+}
+
+func printTable(w io.Writer, sz sizes, rows []row) {
+	mode := "smoke size (run with -bench.table for the full table)"
+	if *full {
+		mode = "full size"
+	}
+	fmt.Fprintf(w, "\ncomjobs performance table, %s; GOMAXPROCS=%d, %s\n\n", mode, runtime.GOMAXPROCS(0), runtime.Version())
+	head := row{"measure", "comjobs", "reference (same run)", "ratio"}
+	width := [3]int{len(head.what), len(head.figure), len(head.reference)}
+	for _, r := range rows {
+		width[0] = max(width[0], len(r.what))
+		width[1] = max(width[1], len(r.figure))
+		width[2] = max(width[2], len(r.reference))
+	}
+	line := func(r row) {
+		fmt.Fprintf(w, "| %-*s | %-*s | %-*s | %s |\n", width[0], r.what, width[1], r.figure, width[2], r.reference, r.ratio)
+	}
+	line(head)
+	fmt.Fprintf(w, "|%s|%s|%s|%s|\n", strings.Repeat("-", width[0]+2), strings.Repeat("-", width[1]+2),
+		strings.Repeat("-", width[2]+2), strings.Repeat("-", 7))
+	for _, r := range rows {
+		line(r)
+	}
+	fmt.Fprintln(w)
+}
+
+// stack is one embedded JetStream server with the comjobs topology and a
+// COM simulator over real HTTP.
+type stack struct {
+	url string
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	sim *comsim.Server
+}
+
+func newStack(t *testing.T, simOpts comsim.Options) *stack {
+	t.Helper()
+	srv, err := natsrv.Start(natsrv.Options{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	s := &stack{url: srv.ClientURL()}
+	s.nc, s.js = connect(t, s.url)
+	if _, err := topology.Ensure(t.Context(), s.js, topology.Options{Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if simOpts.Logger == nil {
+		simOpts.Logger = discard
+	}
+	s.sim = comsim.NewServer(simOpts)
+	t.Cleanup(s.sim.Close)
+	return s
+}
+
+// connect opens a connection of its own, as each role and the load
+// generator have in production.
+func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+// httpClient keeps enough idle connections for conns concurrent calls, so a
+// measurement is not one of TCP set-up.
+func httpClient(conns int) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns = conns * 2
+	tr.MaxIdleConnsPerHost = conns * 2
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+// comClient is a real COM client on the simulator without a rate limit.
+func comClient(t testing.TB, sim *comsim.Server, version string, conns int) *com.Client {
+	t.Helper()
+	c, err := com.NewClient(com.Config{
+		BaseURL: sim.URL(), TokenURL: sim.TokenURL(), ClientID: comsim.DefaultClientID, ClientSecret: comsim.DefaultClientSecret,
+		APIVersion: version, Timeout: 10 * time.Second, RatePerMinute: -1,
+	}, httpClient(conns), discard, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// comCalls sums the simulator's API calls (token calls included).
+func comCalls(sim *comsim.Server) (total int, byRoute map[string]int) {
+	byRoute = sim.CallCounts()
+	for _, n := range byRoute {
+		total += n
+	}
+	return total, byRoute
+}
+
+// latencies collects durations from any goroutine.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+// quantile returns the q-quantile (nearest rank) of what was added.
+func (l *latencies) quantile(q float64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+func (l *latencies) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.d)
+}
+
+// eventually polls cond until it holds or within passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (%s)", what, within, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// runBG runs fn(ctx) in a goroutine until the returned stop is called;
+// stop cancels and waits, and reports fn's error.
+func runBG(t testing.TB, what string, fn func(context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var err error
+	wg.Go(func() { err = fn(ctx) })
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			wg.Wait()
+			if err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func rate(n int, d time.Duration) string {
+	if d <= 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f/s", float64(n)/d.Seconds())
+}
+
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond))
+}
