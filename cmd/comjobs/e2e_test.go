@@ -300,9 +300,9 @@ type rejection struct {
 // eventLog follows COMJOBS_EVENTS and indexes what it says.
 type eventLog struct {
 	mu        sync.Mutex
-	submitted map[string][]string // request key → job ids (one per submitted event)
+	submitted map[string][]string    // request key → job ids (one per submitted event)
 	rejected  map[uint64][]rejection // stream sequence of the request → its rejections
-	terminal  map[string]string // job id → terminal state
+	terminal  map[string]string      // job id → terminal state
 	changed   chan struct{}
 }
 
