@@ -171,6 +171,11 @@ func (n *Notifier) jobMessage(kind string, j *schemas.JobEvent, requester string
 func (n *Notifier) rejectedMessage(e event.Event, r *schemas.Rejected, requester string) Message {
 	reqID := extString(e, schemas.ExtRequestID)
 	key := schemas.RequestKey(requester, reqID)
+	if reqID == "" && e.Subject() != "" {
+		// A request without a usable identity is rejected under its stream
+		// sequence: the consumer puts that key in the event's subject.
+		key = e.Subject()
+	}
 	tmpl := ""
 	f := facts{state: "REJECTED", labels: r.Labels}
 	if r.Template != nil {

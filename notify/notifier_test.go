@@ -13,6 +13,7 @@ import (
 	"github.com/comjobs/comjobs/notify"
 	notifyslack "github.com/comjobs/comjobs/notify/slack"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
+	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -392,3 +393,23 @@ func gauge(t *testing.T, r *running, name string) float64 {
 }
 
 var _ = context.Background
+
+// TestRejectedWithoutIdentity: requests that had no usable id are rejected
+// under their stream sequence; each still gets its own message.
+func TestRejectedWithoutIdentity(t *testing.T) {
+	e := newEnv(t)
+	srv := slacktest.NewServer(slacktest.Options{Tokens: []string{token}, Channels: []string{"#ops"}})
+	defer srv.Close()
+	e.start(notify.Config{DefaultChannel: "#ops"}, bot(t, srv, token))
+	for i, seqKey := range []string{schemas.RequestKey("", "seq:7"), schemas.RequestKey("", "seq:8")} {
+		rej := schemas.Rejected{Reason: schemas.ReasonInvalidEvent, Message: "ce-id: required", Subject: "comjobs.requests.server-power-on", StreamSeq: uint64(7 + i), RejectedAt: time.Now().UTC()}
+		ev, err := publisher.NewEvent(schemas.TypeRejected, "comjobs/consumer", seqKey+"/rejected", seqKey, rej, publisher.RequestRef{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.pub.Publish(t.Context(), schemas.RejectedSubject("unknown"), ev, seqKey+"/rejected"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, "two rejection messages", func() bool { return len(srv.Messages()) == 2 && e.pending() == 0 })
+}
