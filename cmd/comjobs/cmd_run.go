@@ -176,7 +176,7 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		}
 		ncfg := notify.Config{
 			DefaultChannel: cfg.SlackChannel, PostSubmitted: cfg.NotifySubmitted, PostRunning: cfg.NotifyRunning,
-			NoRejected: !cfg.NotifyRejected, StalledRepeat: cfg.StalledRepeat,
+			NoRejected: !cfg.NotifyRejected, StalledRepeat: cfg.StalledRepeat, ChannelInterval: cfg.SlackPace,
 		}
 		if cfg.RoutesFile != "" {
 			if ncfg.Routes, err = notify.LoadRoutes(cfg.RoutesFile); err != nil {

@@ -38,14 +38,15 @@ type Config struct {
 	COMRatePerMin   int           `envconfig:"COM_RATE_PER_MINUTE" default:"100" desc:"COM calls per minute this process may make (COM's budget is per API client: split it between replicas)"`
 	COMTimeout      time.Duration `envconfig:"COM_TIMEOUT" default:"30s" desc:"timeout of one COM call"`
 
-	SlackToken      string `envconfig:"SLACK_TOKEN" secret:"true" desc:"Slack bot token (xoxb-...); or COMJOBS_SLACK_TOKEN_FILE"`
-	SlackWebhookURL string `envconfig:"SLACK_WEBHOOK_URL" secret:"true" desc:"Slack incoming webhook URL (at-least-once, one fixed channel); or ..._FILE"`
-	SlackChannel    string `envconfig:"SLACK_CHANNEL" default:"#comjobs" desc:"default Slack channel"`
-	SlackAPIURL     string `envconfig:"SLACK_API_URL" desc:"Slack Web API base URL (default https://slack.com/api/)"`
-	RoutesFile      string `envconfig:"ROUTES_FILE" desc:"notification routes file (JSON)"`
-	NotifySubmitted bool   `envconfig:"NOTIFY_SUBMITTED" default:"false" desc:"also notify when a job is submitted"`
-	NotifyRunning   bool   `envconfig:"NOTIFY_RUNNING" default:"false" desc:"also notify when a job starts running"`
-	NotifyRejected  bool   `envconfig:"NOTIFY_REJECTED" default:"true" desc:"notify rejected requests"`
+	SlackToken      string        `envconfig:"SLACK_TOKEN" secret:"true" desc:"Slack bot token (xoxb-...); or COMJOBS_SLACK_TOKEN_FILE"`
+	SlackWebhookURL string        `envconfig:"SLACK_WEBHOOK_URL" secret:"true" desc:"Slack incoming webhook URL (at-least-once, one fixed channel); or ..._FILE"`
+	SlackChannel    string        `envconfig:"SLACK_CHANNEL" default:"#comjobs" desc:"default Slack channel"`
+	SlackAPIURL     string        `envconfig:"SLACK_API_URL" desc:"Slack Web API base URL (default https://slack.com/api/)"`
+	SlackPace       time.Duration `envconfig:"SLACK_CHANNEL_INTERVAL" default:"1s" desc:"least time between two posts to one Slack channel (Slack allows about one message per second per channel)"`
+	RoutesFile      string        `envconfig:"ROUTES_FILE" desc:"notification routes file (JSON)"`
+	NotifySubmitted bool          `envconfig:"NOTIFY_SUBMITTED" default:"false" desc:"also notify when a job is submitted"`
+	NotifyRunning   bool          `envconfig:"NOTIFY_RUNNING" default:"false" desc:"also notify when a job starts running"`
+	NotifyRejected  bool          `envconfig:"NOTIFY_REJECTED" default:"true" desc:"notify rejected requests"`
 
 	PollInterval  time.Duration `envconfig:"POLL_INTERVAL" default:"10s" desc:"base poll interval; per-template intervals derive from it"`
 	StalledRepeat time.Duration `envconfig:"STALLED_REPEAT" default:"1h" desc:"how often a STALLED job is reminded"`
@@ -191,6 +192,9 @@ func (c *Config) Validate() error {
 		if err := checkURL(c.SlackAPIURL, "https", "http"); err != nil {
 			return bad("SLACK_API_URL", "%v", err)
 		}
+	}
+	if c.SlackPace < 10*time.Millisecond {
+		return bad("SLACK_CHANNEL_INTERVAL", "must be at least 10ms, got %s", c.SlackPace)
 	}
 	if c.PollInterval < 10*time.Millisecond {
 		return bad("POLL_INTERVAL", "must be at least 10ms, got %s", c.PollInterval)

@@ -120,9 +120,9 @@ func newStack(t *testing.T, ctx context.Context, simOpts comsim.Options) *stack 
 	simOpts.ClientSecret = s.comSecret
 	s.sim = comsim.NewServer(simOpts)
 	t.Cleanup(s.sim.Close)
-	// MinInterval < 0: the notifier's pacing is tested in notify; here a
-	// one-per-second channel limit would only make the test slow.
-	s.slack = slacktest.NewServer(slacktest.Options{Tokens: []string{s.slackToken}, Channels: []string{"#comjobs"}, MinInterval: -1})
+	// The binary paces channels at COMJOBS_SLACK_CHANNEL_INTERVAL (100ms
+	// here, 1s by default, as Slack); the server refuses anything faster.
+	s.slack = slacktest.NewServer(slacktest.Options{Tokens: []string{s.slackToken}, Channels: []string{"#comjobs"}, MinInterval: 100 * time.Millisecond})
 	t.Cleanup(s.slack.Close)
 	s.slackChanID = s.slack.ChannelID("#comjobs")
 	return s
@@ -147,6 +147,7 @@ func (s *stack) env(t *testing.T, httpAddr string, extra ...string) []string {
 		"COMJOBS_SLACK_TOKEN="+s.slackToken,
 		"COMJOBS_SLACK_API_URL="+s.slack.URL(),
 		"COMJOBS_SLACK_CHANNEL=#comjobs",
+		"COMJOBS_SLACK_CHANNEL_INTERVAL=100ms",
 		"COMJOBS_HTTP_ADDR="+httpAddr,
 		"COMJOBS_POLL_INTERVAL=200ms",
 		"COMJOBS_SHUTDOWN_TIMEOUT="+shutdownBound.String(),
