@@ -163,7 +163,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
 	}
-	c.ledger = ledger{kv: kv}
+	c.ledger = ledger{kv: kv, js: c.d.JS}
 	control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
 	if err != nil {
 		return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)
@@ -218,7 +218,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	wg.Go(func() { c.serveAdvisories(ctx, workCtx, stream, advisories) })
 	defer stopAdvisories()
 
-	work := make(chan jetstream.Msg)
+	// The hand-off holds one batch, so the next pull overlaps the work on
+	// the last one.
+	work := make(chan jetstream.Msg, c.cfg.FetchBatch)
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
 		workers.Go(func() {
@@ -228,6 +230,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		})
 	}
 	c.fetchLoop(ctx, cons, work)
+	handBack(work)
 	close(work)
 	workers.Wait()
 	cancelWork()
@@ -263,6 +266,19 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			c.log.Warn("fetch ended with an error", "err", err)
+		}
+	}
+}
+
+// handBack Naks the messages fetched but not yet started, so another
+// replica or the next start takes them.
+func handBack(work <-chan jetstream.Msg) {
+	for {
+		select {
+		case msg := <-work:
+			_ = msg.Nak()
+		default:
+			return
 		}
 	}
 }

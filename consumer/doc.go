@@ -19,6 +19,13 @@
 // recovers it holds lock.<resHash>, so new requests for the same template
 // and resource wait; it waits in turn for requests still inside their POST.
 //
+// A fresh request costs one claim create (it doubles as the ledger read),
+// the in-flight mark (stored alongside the claim), one lock read, the POST,
+// the owner create, then the ledger's job record and the submitted event
+// together, then the submitted mark and the clearing of the in-flight mark
+// together: five waits on JetStream, each durable before the step that
+// relies on it.
+//
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay
 // with exponential backoff and jitter (the last attempt dead-letters with

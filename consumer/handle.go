@@ -107,23 +107,31 @@ func (c *Consumer) handleMsg(ctx context.Context, msg jetstream.Msg) {
 }
 
 // keepAlive sends InProgress every InProgressEvery until the returned stop
-// is called; stop waits for the goroutine.
+// is called; after stop returns no more InProgress is sent. It uses a timer
+// that re-arms itself rather than a goroutine per message.
 func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(c.cfg.InProgressEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = msg.InProgress()
-			}
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock() // t is set before the first tick reads it
+	defer mu.Unlock()
+	t = time.AfterFunc(c.cfg.InProgressEvery, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
+		_ = msg.InProgress()
+		t.Reset(c.cfg.InProgressEvery)
 	})
-	return func() { close(done); wg.Wait() }
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
 }
 
 // process runs a delivery through the pipeline and maps the outcome onto
@@ -191,6 +199,11 @@ func (c *Consumer) identify(r *request) error {
 // from whatever the ledger says was done before.
 func (c *Consumer) submit(ctx context.Context, r *request) error {
 	decodeErr := c.identify(r)
+	if decodeErr == nil {
+		if err, done := c.claimFirst(ctx, r); done {
+			return err
+		}
+	}
 	for range 3 {
 		le, rev, err := c.ledger.get(ctx, r.key)
 		if err != nil {
@@ -209,8 +222,10 @@ func (c *Consumer) submit(ctx context.Context, r *request) error {
 		if decodeErr != nil {
 			return decodeErr
 		}
-		if err := c.resolve(r, le); err != nil {
-			return err
+		if r.res == nil || r.expired != nil {
+			if err := c.resolve(r, le); err != nil {
+				return err
+			}
 		}
 		if le == nil {
 			if rej := c.d.Policy.Decide(r.ev.Source(), r.res.Template, r.res.Resource); rej != nil {
@@ -226,6 +241,26 @@ func (c *Consumer) submit(ctx context.Context, r *request) error {
 		r.log.Info("ledger changed under us: reading it again")
 	}
 	return &waitErr{delay: c.backoff(1), why: "ledger keeps changing"}
+}
+
+// claimFirst is the path of almost every request: valid, allowed and
+// seen for the first time. Its claim's create doubles as the ledger
+// lookup, saving a read. done is false when the request needs the general
+// path: it did not validate, policy refused it, or a claim already exists
+// (then the ledger is read and its state decides).
+func (c *Consumer) claimFirst(ctx context.Context, r *request) (err error, done bool) {
+	if c.resolve(r, nil) != nil {
+		r.res = nil
+		return nil, false
+	}
+	if c.d.Policy.Decide(r.ev.Source(), r.res.Template, r.res.Resource) != nil {
+		return nil, false
+	}
+	err = c.fresh(ctx, r)
+	if errors.Is(err, errConflict) {
+		return nil, false
+	}
+	return err, true
 }
 
 // resolve validates the request. For a request with an unresolved claim an
@@ -264,29 +299,37 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	t, rs := r.res.Template, r.res.Resource
 	rh := resHash(t.ID, rs.Type, rs.ID)
 	now := c.now()
-	// Mark the flight before looking at the lock: a recovering request
-	// takes the lock before looking at flights, so one of us sees the other.
-	if err := c.ledger.startFlight(ctx, rh, r.key, now); err != nil {
+	// The claim comes first: its create fails with errConflict when the
+	// request was claimed before, which sends the caller to read the ledger.
+	le := &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
+		TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
+		Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}
+	// Mark the flight, stored together with the claim, before looking at
+	// the lock: a recovering request takes the lock before looking at
+	// flights, so one of us sees the other.
+	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now)
+	rev, err := c.ledger.put(ctx, r.key, le, 0)
+	if ferr == nil {
+		ferr = wait(ctx, fly)
+	}
+	if err != nil {
+		_ = c.ledger.endFlight(context.WithoutCancel(ctx), rh, r.key)
 		return err
+	}
+	if ferr != nil {
+		c.release(ctx, r, rev, rh)
+		return fmt.Errorf("ledger in-flight mark: %w", ferr)
 	}
 	holder, err := c.ledger.lockHolder(ctx, rh)
 	if err == nil && holder != "" && holder != r.key {
 		var stale bool
 		if stale, err = c.breakStaleLock(ctx, rh, holder); err == nil && !stale {
-			_ = c.ledger.endFlight(ctx, rh, r.key)
+			c.release(ctx, r, rev, rh)
 			return &waitErr{delay: c.backoff(int(r.delivered)), why: "another request for this template and resource is being recovered"}
 		}
 	}
 	if err != nil {
-		_ = c.ledger.endFlight(ctx, rh, r.key)
-		return err
-	}
-	le := &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
-		TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
-		Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}
-	rev, err := c.ledger.put(ctx, r.key, le, 0)
-	if err != nil {
-		_ = c.ledger.endFlight(ctx, rh, r.key)
+		c.release(ctx, r, rev, rh)
 		return err
 	}
 	c.d.Hook("after-claim")
@@ -405,6 +448,13 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 		return fmt.Errorf("encode job event: %w", err)
 	}
 	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateCreated, job.ID, data, nil, c.now()
+	// The job is this request's (job.<id> is durable), so the submitted
+	// event is true already: it goes out while the ledger records the job,
+	// and both are awaited before the request is marked submitted. Should
+	// the write fail or the process die, the redelivery finds the job
+	// (in the ledger, or in COM through its owner record) and publishes the
+	// same event again under the same dedupe id.
+	f, perr := c.startSubmitted(r, le)
 	rev, err = c.ledger.put(ctx, r.key, le, rev)
 	if err != nil {
 		if errors.Is(err, errConflict) {
@@ -412,14 +462,44 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 		}
 		return err
 	}
-	_ = c.ledger.endFlight(ctx, rh, r.key)
+	// The in-flight mark goes while the event is awaited and the request
+	// marked submitted: the job is owned and recorded, so the mark has
+	// done its work.
+	end, eerr := c.ledger.endFlightAsync(rh, r.key)
 	c.d.Hook("after-ledger")
-	return c.publishSubmitted(ctx, r, le, rev)
+	if perr == nil {
+		perr = c.await(ctx, f)
+	}
+	if perr == nil {
+		perr = c.markSubmitted(ctx, r, le, rev)
+	}
+	if eerr == nil {
+		eerr = wait(ctx, end)
+	}
+	if eerr != nil {
+		r.log.Warn("could not clear the in-flight mark; it ages out after the POST timeout", "err", eerr)
+	}
+	if perr != nil {
+		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, perr)
+	}
+	return nil
 }
 
 // publishSubmitted publishes the submitted event kept in the ledger and
 // marks the request submitted. Its dedupe id makes a repeat harmless.
 func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
+	f, err := c.startSubmitted(r, le)
+	if err == nil {
+		err = c.await(ctx, f)
+	}
+	if err != nil {
+		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, err)
+	}
+	return c.markSubmitted(ctx, r, le, rev)
+}
+
+// startSubmitted publishes the submitted event kept in le asynchronously.
+func (c *Consumer) startSubmitted(r *request, le *ledgerEntry) (jetstream.PubAckFuture, error) {
 	slug := "unknown"
 	if t, ok := com.Lookup(le.TemplateID); ok {
 		slug = t.Slug
@@ -427,13 +507,23 @@ func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerE
 	id := r.key + "/submitted"
 	e, err := publisher.NewEvent(schemas.TypeSubmitted, eventSource, id, le.JobID, le.Event, requestRef(r))
 	if err != nil {
-		return fmt.Errorf("submitted event: %w", err)
+		return nil, fmt.Errorf("submitted event: %w", err)
 	}
-	if err := c.publish(ctx, schemas.SubmittedSubject(slug), e, id); err != nil {
-		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, err)
-	}
+	return c.d.Publisher.PublishAsync(schemas.SubmittedSubject(slug), e, id)
+}
+
+// markSubmitted records that the submitted event is in the stream.
+func (c *Consumer) markSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
 	le.State, le.UpdatedAt = stateSubmitted, c.now()
-	if _, err := c.ledger.put(ctx, r.key, le, rev); err != nil && !errors.Is(err, errConflict) {
+	_, err := c.ledger.put(ctx, r.key, le, rev)
+	if errors.Is(err, errConflict) {
+		// Another delivery of the request marked it first: it is counted
+		// there, so this one is the duplicate.
+		c.m.duplicates.Inc()
+		r.log.Info("duplicate request: already submitted by another delivery", "jobId", le.JobID)
+		return nil
+	}
+	if err != nil {
 		return err
 	}
 	c.m.submitted.Inc()
@@ -441,12 +531,8 @@ func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerE
 	return nil
 }
 
-// publish publishes e asynchronously and waits for its ack.
-func (c *Consumer) publish(ctx context.Context, subject string, e event.Event, msgID string) error {
-	f, err := c.d.Publisher.PublishAsync(subject, e, msgID)
-	if err != nil {
-		return err
-	}
+// await waits for a publish's ack.
+func (c *Consumer) await(ctx context.Context, f jetstream.PubAckFuture) error {
 	select {
 	case <-f.Ok():
 		return nil
@@ -487,4 +573,13 @@ func jobEvent(j *com.Job, res *schemas.Resolved, now time.Time) schemas.JobEvent
 		ev.Resource = schemas.Resource{Type: j.ResourceType, ID: j.ResourceID}
 	}
 	return ev
+}
+
+// publish publishes e asynchronously and waits for its ack.
+func (c *Consumer) publish(ctx context.Context, subject string, e event.Event, msgID string) error {
+	f, err := c.d.Publisher.PublishAsync(subject, e, msgID)
+	if err != nil {
+		return err
+	}
+	return c.await(ctx, f)
 }

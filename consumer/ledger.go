@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -52,6 +53,37 @@ type ledgerEntry struct {
 // ledger wraps the ledger bucket with the key layout of the package doc.
 type ledger struct {
 	kv jetstream.KeyValue
+	// js publishes the writes that need no compare-and-set straight to the
+	// bucket's subjects, asynchronously, so they overlap other work.
+	js jetstream.JetStream
+}
+
+// writeAsync stores value under key (or deletes key when del), as
+// KeyValue.Put and Delete do, without waiting: the future resolves once
+// the bucket stored it.
+func (l ledger) writeAsync(key string, value []byte, del bool) (jetstream.PubAckFuture, error) {
+	m := nats.NewMsg("$KV." + l.kv.Bucket() + "." + key)
+	m.Data = value
+	if del {
+		m.Header.Set("KV-Operation", "DEL")
+	}
+	f, err := l.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("ledger write %s: %w", key, err)
+	}
+	return f, nil
+}
+
+// wait waits for an asynchronous ledger write.
+func wait(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func reqKey(requestKey string) string { return "req." + requestKey }
@@ -155,11 +187,25 @@ type flight struct {
 }
 
 func (l ledger) startFlight(ctx context.Context, res, requestKey string, at time.Time) error {
-	b, _ := json.Marshal(flight{At: at})
-	if _, err := l.kv.Put(ctx, flyKey(res, requestKey), b); err != nil {
+	f, err := l.startFlightAsync(res, requestKey, at)
+	if err == nil {
+		err = wait(ctx, f)
+	}
+	if err != nil {
 		return fmt.Errorf("ledger in-flight mark: %w", err)
 	}
 	return nil
+}
+
+// startFlightAsync writes the in-flight mark without waiting for it.
+func (l ledger) startFlightAsync(res, requestKey string, at time.Time) (jetstream.PubAckFuture, error) {
+	b, _ := json.Marshal(flight{At: at})
+	return l.writeAsync(flyKey(res, requestKey), b, false)
+}
+
+// endFlightAsync clears the in-flight mark without waiting for it.
+func (l ledger) endFlightAsync(res, requestKey string) (jetstream.PubAckFuture, error) {
+	return l.writeAsync(flyKey(res, requestKey), nil, true)
 }
 
 func (l ledger) endFlight(ctx context.Context, res, requestKey string) error {
