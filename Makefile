@@ -5,7 +5,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PKGS     := ./...
 FUZZTIME ?= 20s
-STATICCHECK_VERSION ?= 2025.1.1
+STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: all build test lint demo bench fuzz chaos clean
 
@@ -40,6 +40,10 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
 		done; \
 	done
+
+## chaos: the long chaos run (10,000 requests on a 3-node cluster under faults) and its figures.
+chaos:
+	$(GO) test -count=1 -timeout 60m -run TestChaos ./chaos -chaos.requests=10000 -v
 
 clean:
 	rm -rf bin comjobs-data

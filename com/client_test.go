@@ -91,12 +91,6 @@ func (f *fakeCOM) token(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(ans)
 }
 
-func (f *fakeCOM) setAPI(h http.HandlerFunc) {
-	f.mu.Lock()
-	f.api = h
-	f.mu.Unlock()
-}
-
 func (f *fakeCOM) recorded() []recorded {
 	f.mu.Lock()
 	defer f.mu.Unlock()
