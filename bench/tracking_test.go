@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,7 +82,11 @@ func TestTrackerProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/heap", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { _ = hs.Serve(ln) })
@@ -171,6 +177,27 @@ func (p *trackerProc) metric(t *testing.T, name string) float64 {
 	return 0
 }
 
+// saveProfile fetches /debug/pprof/<what> from the process into
+// -bench.profile/<name>.pprof; without the flag it does nothing.
+func (p *trackerProc) saveProfile(t *testing.T, what, name string) {
+	t.Helper()
+	if *profileDir == "" {
+		return
+	}
+	resp, err := http.Get(strings.TrimSuffix(p.metrics, "/metrics") + "/debug/pprof/" + what)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(*profileDir, name+".pprof"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (p *trackerProc) cycles(t *testing.T) float64 {
 	return p.metric(t, "comjobs_tracker_poll_cycle_seconds_count")
 }
@@ -251,7 +278,12 @@ func trackingRows(t *testing.T, n int) []row {
 	time.Sleep(margin + 2*poll)
 
 	// Idle: nothing changes for a few cycles.
-	idle := window(t, p, s, func() { waitCycles(t, p, 3) })
+	idle := window(t, p, s, func() {
+		if *profileDir != "" {
+			p.saveProfile(t, fmt.Sprintf("profile?seconds=%d", int((3*poll).Seconds())), fmt.Sprintf("tracker-%d-idle-cpu", n))
+		}
+		waitCycles(t, p, 3)
+	})
 
 	// Changes: m jobs start running at spread-out moments; each one's
 	// running event is awaited.
@@ -292,6 +324,7 @@ func trackingRows(t *testing.T, n int) []row {
 		waitCycles(t, p, 1)
 	})
 	rss, hwm := p.status(t, "VmRSS"), p.status(t, "VmHWM")
+	p.saveProfile(t, "heap", fmt.Sprintf("tracker-%d-heap", n))
 	heap := p.metric(t, "go_memstats_heap_inuse_bytes") / (1 << 20)
 	p.stop()
 

@@ -352,7 +352,6 @@ func dlqBySeq(msgs []*nats.Msg) map[uint64][]string {
 	return out
 }
 
-
 // comClientWith is a client of e's simulator with the given secret.
 func comClientWith(t testing.TB, e *env, secret string) *com.Client {
 	t.Helper()
