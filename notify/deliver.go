@@ -422,7 +422,10 @@ func (p *pacer) wait(ctx context.Context, ch string, keepAlive func()) error {
 	p.mu.Lock()
 	l, ok := p.lims[ch]
 	if !ok {
-		l = rate.NewLimiter(rate.Every(p.every), 1)
+		// A slot is taken here, a moment before the post leaves; that
+		// moment varies between posts, so slots are spaced 5% wider than
+		// the interval to keep the posts themselves at least every apart.
+		l = rate.NewLimiter(rate.Every(p.every+p.every/20), 1)
 		p.lims[ch] = l
 	}
 	p.mu.Unlock()
