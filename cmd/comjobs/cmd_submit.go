@@ -183,6 +183,7 @@ func cmdSubmit(ctx context.Context, env *Env, args []string) error {
 		wg.Wait()
 	}
 	code := exitSuccess
+	counts := map[string]int{}
 	for _, s := range subs {
 		if *asJSON {
 			b, _ := json.Marshal(s)
@@ -190,7 +191,17 @@ func cmdSubmit(ctx context.Context, env *Env, args []string) error {
 		} else {
 			fmt.Fprintln(env.Stdout, s.describe())
 		}
+		counts[s.Outcome]++
 		code = max(code, s.exitCode(*wait))
+	}
+	if !*asJSON && len(subs) > 1 {
+		fmt.Fprintf(env.Stdout, "\n%d requests:", len(subs))
+		for _, o := range []string{"success", "queued", "duplicate", "failure", "error", "stalled", "rejected", "timeout"} {
+			if counts[o] > 0 {
+				fmt.Fprintf(env.Stdout, " %d %s", counts[o], o)
+			}
+		}
+		fmt.Fprintln(env.Stdout)
 	}
 	if code != exitSuccess {
 		return &exitError{code: code}
