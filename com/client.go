@@ -320,9 +320,10 @@ func (c *Client) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	if opts.Offset > 0 {
 		q.Set("offset", strconv.Itoa(opts.Offset))
 	}
+	var at time.Time
 	answer, err := c.do(ctx, call{
 		op: op, method: http.MethodGet, route: routeJobs,
-		path: jobsPath(c.cfg.APIVersion), query: q, retry: true,
+		path: jobsPath(c.cfg.APIVersion), query: q, retry: true, serverTime: &at,
 	})
 	if err != nil {
 		return nil, err
@@ -331,6 +332,7 @@ func (c *Client) List(ctx context.Context, opts ListOptions) (*Page, error) {
 	if err != nil {
 		return nil, &Error{Kind: KindTransient, Op: op, Message: "COM's answer did not decode", Err: err}
 	}
+	p.ServerTime = at
 	return p, nil
 }
 
@@ -411,6 +413,9 @@ type call struct {
 	body              []byte
 	contentType       string
 	retry             bool // retry transient failures (never for POST)
+	// serverTime, when set, receives the Date header of the 2xx answer
+	// (zero when absent or unparseable).
+	serverTime *time.Time
 }
 
 // maxRetryDelay caps one retry delay.
@@ -488,6 +493,9 @@ func (c *Client) attempt(ctx context.Context, cl call) ([]byte, error) {
 			return nil, err
 		}
 		if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+			if cl.serverTime != nil {
+				*cl.serverTime, _ = http.ParseTime(resp.Header.Get("Date"))
+			}
 			return body, nil
 		}
 		if resp.StatusCode == http.StatusUnauthorized && !renewed {

@@ -432,3 +432,35 @@ func TestReachable(t *testing.T) {
 		t.Fatalf("after recovery: %v", err)
 	}
 }
+
+func TestListServerTime(t *testing.T) {
+	tests := []struct {
+		name string
+		date string // "" sends no Date header
+		want time.Time
+	}{
+		{"Date header", "Tue, 03 Jun 2025 10:04:05 GMT", time.Date(2025, 6, 3, 10, 4, 5, 0, time.UTC)},
+		{"no Date header", "", time.Time{}},
+		{"unparseable Date header", "yesterday", time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeCOM(t, func(w http.ResponseWriter, r *http.Request) {
+				// Setting the key to nil keeps net/http from adding its own Date.
+				w.Header()["Date"] = nil
+				if tt.date != "" {
+					w.Header().Set("Date", tt.date)
+				}
+				writeJSON(w, http.StatusOK, `{"count":0,"offset":0,"total":0,"items":[]}`)
+			})
+			c, _ := f.client(t, clientOpts{})
+			p, err := c.List(context.Background(), com.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !p.ServerTime.Equal(tt.want) {
+				t.Errorf("ServerTime %v, want %v", p.ServerTime, tt.want)
+			}
+		})
+	}
+}

@@ -53,6 +53,10 @@ type Page struct {
 	Offset int
 	Total  int
 	Items  []Job
+	// ServerTime is COM's clock when it answered, from the answer's Date
+	// header: whole seconds, so at most a second early; zero when COM sent
+	// none (or one that did not parse).
+	ServerTime time.Time
 }
 
 // Kind says, once and at the boundary, what a failure means to the caller.

@@ -283,11 +283,15 @@ func (s *Server) handleList(version string) http.HandlerFunc {
 			writeCOMError(w, http.StatusBadRequest, err.Error(), nil)
 			return
 		}
-		total, recs := s.store.list(q, s.now())
+		now := s.now()
+		total, recs := s.store.list(q, now)
 		items := make([]any, len(recs))
 		for i, rec := range recs {
 			items[i] = renderJob(version, rec)
 		}
+		// The Date header tells the simulator's clock (the one job times
+		// come from), as COM's tells its own.
+		w.Header().Set("Date", now.UTC().Format(http.TimeFormat))
 		writeJSON(w, http.StatusOK, map[string]any{
 			"count": len(items), "offset": q.offset, "total": total, "items": items,
 		})

@@ -205,3 +205,18 @@ func Test100kJobs(t *testing.T) {
 		t.Fatalf("full scan: %d total %v count %v", code, body["total"], body["count"])
 	}
 }
+
+// TestListDate: a list answer's Date header is the simulator's clock, the
+// one job times come from, whatever the machine's clock says.
+func TestListDate(t *testing.T) {
+	clk := newFakeClock()
+	_, c := newSim(t, Options{Clock: clk.Now})
+	for _, step := range []time.Duration{0, 90 * time.Minute} {
+		clk.Advance(step)
+		code, h, _ := c.do("GET", "/compute-ops-mgmt/v1/jobs", nil)
+		got, err := http.ParseTime(h.Get("Date"))
+		if code != http.StatusOK || err != nil || !got.Equal(clk.Now().Truncate(time.Second)) {
+			t.Errorf("after %s: %d, Date %q (%v), want %v", step, code, h.Get("Date"), err, clk.Now())
+		}
+	}
+}
