@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sort"
@@ -9,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/comjobs/comjobs/cenats"
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/consumer"
@@ -28,6 +31,9 @@ type checkInput struct {
 	slack      []slacktest.Message
 	dlq        []consumer.DeadLetter
 	ended      map[string]bool
+	// queued holds the requests still in COMJOBS_REQUESTS after the run
+	// (request id → stream sequence): not lost, but not done either.
+	queued map[string]uint64
 }
 
 // report is the figures of a run.
@@ -39,6 +45,7 @@ type report struct {
 	duration                   time.Duration
 	jobs, children             int
 	duplicates, losses, orphan int
+	unfinished                 int
 	events                     map[string]int
 	dupObservations, dupSubmit int
 	slackKinds                 map[string]int
@@ -46,6 +53,36 @@ type report struct {
 	dlq                        int
 	simCalls, slackCalls       map[string]int
 	goroutines                 [2]int
+}
+
+// queuedRequests returns the requests still in COMJOBS_REQUESTS, by
+// request id.
+func queuedRequests(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	s, err := js.Stream(ctx, schemas.StreamRequests)
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	if info.State.Msgs == 0 {
+		return out, nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return out, fmt.Errorf("get request %d: %w", seq, err)
+		}
+		if e, err := cenats.Decode(nats.Header(m.Header), m.Data, cenats.DecodeOptions{MaxSize: 1 << 20}); err == nil {
+			out[e.ID()] = seq
+		}
+	}
+	return out, nil
 }
 
 func listDLQ(ctx context.Context, js jetstream.JetStream) ([]consumer.DeadLetter, error) {
@@ -125,8 +162,13 @@ func check(t *testing.T, in checkInput) *report {
 		}
 		switch {
 		case len(distinct) == 0:
+			if seq, ok := in.queued[v.id]; ok {
+				rep.unfinished++
+				fail("unfinished request", "%s (%s): still queued at stream sequence %d when the run ended", v.id, v.scenario, seq)
+				continue
+			}
 			rep.losses++
-			fail("lost request", "%s (%s): no submitted event", v.id, v.scenario)
+			fail("lost request", "%s (%s): no submitted event, and no longer queued", v.id, v.scenario)
 			continue
 		case len(distinct) > 1:
 			rep.duplicates += len(distinct) - 1
@@ -297,11 +339,11 @@ func (r *report) print(t *testing.T) {
 	}
 	sort.Strings(ks)
 	fmt.Fprintf(&b, "faults injected:     %d (%s)\n", len(r.faults), strings.Join(ks, ", "))
-	fmt.Fprintf(&b, "COM faults:          429 10%%, 5xx 5%%, slow 5%% (+200ms); calls %s\n", fmtCounts(r.simCalls))
+	fmt.Fprintf(&b, "COM faults:          429 10%%, 5xx 5%%, slow 5%% (+200ms), dropped answers 2%%; calls %s\n", fmtCounts(r.simCalls))
 	fmt.Fprintf(&b, "Slack calls:         %s (429 share 5%% + 1 msg/s/channel)\n", fmtCounts(r.slackCalls))
 	fmt.Fprintf(&b, "COM jobs created:    %d top-level (want %d), %d child jobs\n", r.jobs, r.requests, r.children)
 	fmt.Fprintf(&b, "duplicates:          %d (COM jobs of no request: %d; submitted twice: %d; observations published twice: %d)\n", r.duplicates, r.orphan, r.dupSubmit, r.dupObservations)
-	fmt.Fprintf(&b, "losses:              %d\n", r.losses)
+	fmt.Fprintf(&b, "losses:              %d (unfinished, still queued at the end: %d)\n", r.losses, r.unfinished)
 	fmt.Fprintf(&b, "events:              %s\n", fmtCounts(r.events))
 	fmt.Fprintf(&b, "STALLED episodes:    %d\n", r.stalledEpisodes)
 	fmt.Fprintf(&b, "Slack messages:      %s\n", fmtCounts(r.slackKinds))
