@@ -30,6 +30,7 @@ import (
 var (
 	full       = flag.Bool("bench.table", false, "run TestBenchTable at full size and print the table (make bench)")
 	profileDir = flag.String("bench.profile", "", "write a CPU profile of each measured phase into this directory")
+	only       = flag.String("bench.only", "", "run only the TestBenchTable rows whose name starts with this (pipeline, tracking, notifying)")
 )
 
 // profile CPU-profiles one phase into -bench.profile/<name>.pprof; the
@@ -79,11 +80,16 @@ func TestBenchTable(t *testing.T) {
 		sz = fullSizes
 	}
 	var rows []row
-	t.Run("pipeline", func(t *testing.T) { rows = append(rows, pipelineRows(t, sz)...) })
-	for _, n := range sz.tracking {
-		t.Run(fmt.Sprintf("tracking-%d", n), func(t *testing.T) { rows = append(rows, trackingRows(t, n)...) })
+	measure := func(name string, fn func(t *testing.T) []row) {
+		if strings.HasPrefix(name, *only) {
+			t.Run(name, func(t *testing.T) { rows = append(rows, fn(t)...) })
+		}
 	}
-	t.Run("notifying", func(t *testing.T) { rows = append(rows, notifyRows(t, sz)...) })
+	measure("pipeline", func(t *testing.T) []row { return pipelineRows(t, sz) })
+	for _, n := range sz.tracking {
+		measure(fmt.Sprintf("tracking-%d", n), func(t *testing.T) []row { return trackingRows(t, n) })
+	}
+	measure("notifying", func(t *testing.T) []row { return notifyRows(t, sz) })
 	printTable(os.Stdout, sz, rows)
 }
 
