@@ -171,7 +171,38 @@ func StartCluster(ctx context.Context, name string, n int, dir string, logger *s
 		c.Shutdown()
 		return nil, err
 	}
+	if err := c.waitPeers(ctx, n); err != nil {
+		c.Shutdown()
+		return nil, err
+	}
 	return c, nil
+}
+
+// waitPeers waits until a stream with n replicas can be placed, i.e. every
+// member counts as an online JetStream peer (a meta leader alone is not
+// enough: the first R3 stream would fail with "no suitable peers").
+func (c *Cluster) waitPeers(ctx context.Context, n int) error {
+	nc, err := nats.Connect(c.URLs())
+	if err != nil {
+		return fmt.Errorf("natsrv: connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream(nats.MaxWait(2 * time.Second))
+	if err != nil {
+		return fmt.Errorf("natsrv: jetstream: %w", err)
+	}
+	const probe = "NATSRV_PEER_PROBE"
+	for {
+		_, err = js.AddStream(&nats.StreamConfig{Name: probe, Subjects: []string{"natsrv.peer.probe"}, Replicas: n, Storage: nats.MemoryStorage})
+		if err == nil {
+			return js.DeleteStream(probe)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("natsrv: %d JetStream peers not online: %w (last: %v)", n, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // URLs returns the client URLs of all members, comma-separated, as nats.Connect takes them.
