@@ -42,15 +42,15 @@ const (
 // attribute and extension in a ce-<name> header with its value
 // percent-encoded, time as RFC 3339 with nanoseconds in UTC, datacontenttype
 // also in content-type, and the data bytes as the body. It fails, without a
-// message, for an event that is not CloudEvents 1.0 or does not pass
-// e.Validate. The returned message has no Nats-Msg-Id; it shares the data
+// message, for an event that is not CloudEvents 1.0, does not pass
+// e.Validate, or holds a control character in a string attribute. The returned message has no Nats-Msg-Id; it shares the data
 // bytes with e.
 func Encode(subject string, e event.Event) (*nats.Msg, error) {
 	if e.Context == nil || e.SpecVersion() != event.CloudEventsVersionV1 {
 		return nil, fmt.Errorf("encode event for %s: specversion must be %s", subject, event.CloudEventsVersionV1)
 	}
-	if err := e.Validate(); err != nil {
-		return nil, fmt.Errorf("encode event %q for %s: %w", e.ID(), subject, err)
+	if err := check(&e, HeaderPrefix); err != nil {
+		return nil, fmt.Errorf("encode event for %s: %v", subject, err)
 	}
 	exts := e.Extensions()
 	h := make(nats.Header, 8+len(exts))
@@ -270,6 +270,21 @@ func check(e *event.Event, prefix string) error {
 			return reject(prefix+c.name, "required, must not be empty")
 		}
 	}
+	for _, c := range []struct{ name, value string }{
+		{"id", e.ID()}, {"source", e.Source()}, {"type", e.Type()}, {"subject", e.Subject()},
+		{"datacontenttype", e.DataContentType()}, {"dataschema", e.DataSchema()},
+	} {
+		if err := checkString(prefix+c.name, c.value); err != nil {
+			return err
+		}
+	}
+	for name, v := range e.Extensions() {
+		if s, ok := v.(string); ok {
+			if err := checkString(prefix+name, s); err != nil {
+				return err
+			}
+		}
+	}
 	err := e.Validate()
 	if err == nil {
 		return nil
@@ -348,4 +363,15 @@ func reject(field, format string, args ...any) *schemas.Rejection {
 		msg = field + ": " + msg
 	}
 	return &schemas.Rejection{Reason: schemas.ReasonInvalidEvent, Field: field, Message: msg}
+}
+
+// checkString refuses what the CloudEvents type system forbids in a
+// String: the control characters U+0000-U+001F and U+007F-U+009F.
+func checkString(field, v string) error {
+	for i, r := range v {
+		if r <= 0x1f || (r >= 0x7f && r <= 0x9f) {
+			return reject(field, "control character U+%04X at byte %d is not allowed in a CloudEvents string", r, i)
+		}
+	}
+	return nil
 }
