@@ -49,7 +49,10 @@ type Config struct {
 	// ProbeInterval is how often a paused notifier checks whether its sink
 	// works again (default 30s).
 	ProbeInterval time.Duration
-	// Workers is how many events are posted concurrently (default 4).
+	// Workers is how many events are handled concurrently (default 32). A
+	// worker waiting for its channel's pacing slot holds on to its event,
+	// so there are enough of them that a burst for one channel does not
+	// hold back the others.
 	Workers int
 	// MaxBackoff caps the redelivery delay of transient failures (default 1m).
 	MaxBackoff time.Duration
@@ -90,7 +93,7 @@ func (c *Config) defaults() {
 		c.ProbeInterval = 30 * time.Second
 	}
 	if c.Workers <= 0 {
-		c.Workers = 4
+		c.Workers = 32
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = time.Minute
