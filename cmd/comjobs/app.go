@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,8 @@ type infra struct {
 	js       jetstream.JetStream
 	hc       *http.Client
 	com      *com.Client
+	// simContact is the file telling local commands where the simulator is.
+	simContact string
 }
 
 // infraOptions say what to start when settings leave it open.
@@ -140,10 +143,18 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 		ClientSecret: cfg.COMClientSecret, APIVersion: cfg.COMAPIVersion, TenantACID: cfg.COMTenantACID,
 		Timeout: cfg.COMTimeout, RatePerMinute: cfg.COMRatePerMin,
 	}
-	if cfg.COMBaseURL == "" {
-		if !o.simulate {
+	if cfg.COMBaseURL == "" && !o.simulate {
+		// A simulator started by `comjobs run` on this data dir leaves its
+		// address behind, so `comjobs jobs end` works against it locally.
+		if sc, ok := readSimContact(cfg.DataDir); ok {
+			ccfg.BaseURL, ccfg.TokenURL, ccfg.ClientID, ccfg.ClientSecret = sc.BaseURL, sc.TokenURL, sc.ClientID, sc.ClientSecret
+			if o.banner != nil {
+				fmt.Fprintf(o.banner, "comjobs: COMJOBS_COM_BASE_URL is not set: using the simulator of `comjobs run` at %s\n", sc.BaseURL)
+			}
+		} else {
 			return nil, errors.New("settings: COMJOBS_COM_BASE_URL is not set")
 		}
+	} else if cfg.COMBaseURL == "" {
 		simOpts := o.simOptions
 		simOpts.Logger = logger.With("component", "comsim")
 		if simOpts.ClientID == "" {
@@ -155,6 +166,9 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 		in.sim = comsim.NewServer(simOpts)
 		ccfg.BaseURL, ccfg.TokenURL = in.sim.URL(), in.sim.TokenURL()
 		ccfg.ClientID, ccfg.ClientSecret = simOpts.ClientID, simOpts.ClientSecret
+		if in.embedded != nil {
+			in.simContact = writeSimContact(cfg.DataDir, simContact{ccfg.BaseURL, ccfg.TokenURL, ccfg.ClientID, ccfg.ClientSecret}, logger)
+		}
 		if o.banner != nil {
 			fmt.Fprintf(o.banner, "\n"+
 				"  ***************************************************************\n"+
@@ -183,6 +197,9 @@ func (in *infra) Close() {
 	}
 	if in.sim != nil {
 		in.sim.Close()
+	}
+	if in.simContact != "" {
+		_ = os.Remove(in.simContact)
 	}
 	if in.embedded != nil {
 		in.embedded.Stop()
@@ -278,4 +295,34 @@ func randomSecret() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// simContact is how local commands reach the simulator `comjobs run`
+// started: its address and its throwaway credentials.
+type simContact struct {
+	BaseURL      string `json:"baseUrl"`
+	TokenURL     string `json:"tokenUrl"`
+	ClientID     string `json:"clientId"`
+	ClientSecret string `json:"clientSecret"`
+}
+
+const simContactFile = "simulator.json"
+
+func writeSimContact(dataDir string, sc simContact, logger *slog.Logger) string {
+	path := filepath.Join(dataDir, simContactFile)
+	b, _ := json.Marshal(sc)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		logger.Warn("cannot record the simulator's address for local commands", "path", path, "err", err)
+		return ""
+	}
+	return path
+}
+
+func readSimContact(dataDir string) (simContact, bool) {
+	var sc simContact
+	b, err := os.ReadFile(filepath.Join(dataDir, simContactFile))
+	if err != nil || json.Unmarshal(b, &sc) != nil || sc.BaseURL == "" {
+		return sc, false
+	}
+	return sc, true
 }

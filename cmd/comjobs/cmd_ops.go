@@ -66,7 +66,8 @@ func cmdDLQ(ctx context.Context, env *Env, args []string) error {
 	fs := newFlags(env, "dlq "+sub, "dlq list [--json] | dlq replay <seq>|--all")
 	asJSON := fs.Bool("json", false, "JSON output (list)")
 	all := fs.Bool("all", false, "replay every consumer dead letter")
-	if err := fs.Parse(args[1:]); err != nil {
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	in, err := connect(ctx, env)
@@ -92,11 +93,11 @@ func cmdDLQ(ctx context.Context, env *Env, args []string) error {
 	default:
 		var seq uint64
 		if !*all {
-			if fs.NArg() != 1 {
+			if len(pos) != 1 {
 				return &exitError{code: 2, err: fmt.Errorf("dlq replay: give one sequence number or --all")}
 			}
-			if seq, err = strconv.ParseUint(fs.Arg(0), 10, 64); err != nil || seq == 0 {
-				return &exitError{code: 2, err: fmt.Errorf("dlq replay: %q is not a sequence number", fs.Arg(0))}
+			if seq, err = strconv.ParseUint(pos[0], 10, 64); err != nil || seq == 0 {
+				return &exitError{code: 2, err: fmt.Errorf("dlq replay: %q is not a sequence number", pos[0])}
 			}
 		}
 		n, err := consumer.Replay(ctx, in.js, seq)
@@ -118,11 +119,12 @@ func cmdJobs(ctx context.Context, env *Env, args []string) error {
 	asJSON := fs.Bool("json", false, "list: JSON output")
 	reason := fs.String("reason", "", "end: why the job is ended by hand (required)")
 	state := fs.String("state", "ERROR", "end: the state to set, ERROR or COMPLETE")
-	if err := fs.Parse(args[1:]); err != nil {
+	pos, err := parseInterspersed(fs, args[1:])
+	if err != nil {
 		return err
 	}
 	needCOM := sub == "end"
-	in, err := openInfra(ctx, env.Config, env.Logger, infraOptions{needCOM: needCOM})
+	in, err := openInfra(ctx, env.Config, env.Logger, infraOptions{needCOM: needCOM, banner: env.Stderr})
 	if err != nil {
 		return err
 	}
@@ -146,10 +148,10 @@ func cmdJobs(ctx context.Context, env *Env, args []string) error {
 		}
 		return tw.Flush()
 	case "show":
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			return &exitError{code: 2, err: fmt.Errorf("jobs show: give one job id")}
 		}
-		rec, err := tracker.GetTracked(ctx, in.js, fs.Arg(0))
+		rec, err := tracker.GetTracked(ctx, in.js, pos[0])
 		if err != nil {
 			return err
 		}
@@ -157,14 +159,14 @@ func cmdJobs(ctx context.Context, env *Env, args []string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rec)
 	default:
-		if fs.NArg() != 1 {
+		if len(pos) != 1 {
 			return &exitError{code: 2, err: fmt.Errorf("jobs end: give one job id")}
 		}
 		if strings.TrimSpace(*reason) == "" {
 			return &exitError{code: 2, err: fmt.Errorf("jobs end: --reason is required (say why the job is ended by hand)")}
 		}
 		st := strings.ToUpper(*state)
-		job, err := tracker.EndJob(ctx, in.com, fs.Arg(0), st, *reason)
+		job, err := tracker.EndJob(ctx, in.com, pos[0], st, *reason)
 		if err != nil {
 			return err
 		}

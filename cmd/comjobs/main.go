@@ -184,3 +184,24 @@ func cmdVersion(_ context.Context, env *Env, _ []string) error {
 	fmt.Fprintln(env.Stdout, "comjobs", version)
 	return nil
 }
+
+// parseInterspersed parses flags that may stand before, between or after
+// positional arguments (`jobs end <id> --reason x`), which flag.Parse alone
+// stops at, and returns the positional arguments in order.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if rest[0] == "--" {
+			return append(pos, rest[1:]...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
