@@ -219,9 +219,10 @@ func cmdDemo(ctx context.Context, env *Env, args []string) error {
 	cfg.ShutdownTimeout = 15 * time.Second
 	denv := *env
 	denv.Config = cfg
-	// The demo's own narration goes to stdout; the service logs only warnings.
+	// The demo's own narration goes to stdout; the service logs only errors
+	// (rejections, which it logs as warnings, are in the summary anyway).
 	if cfg.LogLevel == "info" {
-		denv.Logger = newLogger(env.Stderr, cfg.LogFormat, "warn")
+		denv.Logger = newLogger(env.Stderr, cfg.LogFormat, "error")
 	}
 	var notes io.Writer = env.Stdout
 	if *quiet {
