@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/schemas"
 )
@@ -62,7 +63,7 @@ func crashAt(t *testing.T, e *env, point string) {
 // TestCrashPoints kills a consumer process at each named point and checks
 // that a fresh consumer ends with exactly one COM job and one submitted event.
 func TestCrashPoints(t *testing.T) {
-	for _, point := range []string{"after-claim", "after-post", "after-ledger", "before-ack"} {
+	for _, point := range []string{"after-claim", "after-post", "after-owner", "after-ledger", "before-ack"} {
 		t.Run(point, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, 20)
@@ -124,5 +125,51 @@ func TestCrashMidPOSTDoesNotAdopt(t *testing.T) {
 	jb, _ := e.sim.Job(b.JobID)
 	if !ja.CreatedAt.Before(jb.CreatedAt) {
 		t.Errorf("A adopted the newer job (A %s at %s, B %s at %s)", ja.ID, ja.CreatedAt, jb.ID, jb.CreatedAt)
+	}
+}
+
+// TestCrashAfterOwnerKeepsOwnJob: an orphan job (created in COM by
+// nothing the ledger knows) exists for a template and resource when A's
+// worker dies right after recording that it owns its own, newer job, before
+// its event. Recovering A must take the job it owns, not the older unowned
+// one, and its one submitted event must name that job.
+func TestCrashAfterOwnerKeepsOwnJob(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	res := schemas.Resource{Type: "compute-ops-mgmt/server", ID: comsim.DefaultServer1}
+	tpl, _ := com.Lookup("server-restart")
+	orphan, err := comClient(t, e.simURL, e.tokenURL, testLogger(t)).Create(t.Context(),
+		com.CreateRequest{TemplateID: tpl.ID, ResourceType: res.Type, ResourceID: res.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.request(t, "//test/own", "A", "server-restart", res, nil)
+	crashAt(t, e, "after-owner")
+	c, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, c)
+	e.drained(t, 20*time.Second)
+
+	if jobs := topJobs(e.sim); len(jobs) != 2 {
+		t.Fatalf("simulator holds %d jobs, want 2", len(jobs))
+	}
+	kv, err := e.js.KeyValue(t.Context(), schemas.BucketLedger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := ledger{kv: kv}
+	key := schemas.RequestKey("//test/own", "A")
+	le, _, err := l.get(t.Context(), key)
+	if err != nil || le == nil || le.State != stateSubmitted {
+		t.Fatalf("ledger A: %+v %v, want submitted", le, err)
+	}
+	if le.JobID == orphan.ID {
+		t.Fatalf("A adopted the orphan job %s instead of the one it owns", orphan.ID)
+	}
+	if owner, err := l.owner(t.Context(), le.JobID); err != nil || owner != key {
+		t.Fatalf("job %s of A is owned by %q (%v)", le.JobID, owner, err)
+	}
+	evs := e.events(t, schemas.SubjectEvents+".submitted.>")
+	if len(evs) != 1 || evs[0].Subject() != le.JobID {
+		t.Fatalf("submitted events %v, want one naming job %s", evs, le.JobID)
 	}
 }

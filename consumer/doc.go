@@ -21,10 +21,13 @@
 //
 // A fresh request costs one claim create (it doubles as the ledger read),
 // the in-flight mark (stored alongside the claim), one lock read, the POST,
-// the owner create, then the ledger's job record and the submitted event
-// together, then the submitted mark and the clearing of the in-flight mark
-// together: five waits on JetStream, each durable before the step that
-// relies on it.
+// the owner create, the submitted event, then the ledger's submitted record
+// together with the clearing of the in-flight mark: five waits on
+// JetStream, each durable before the step that relies on it. A crash
+// between the POST and the submitted record leaves a claim without a job
+// id, which the redelivery resolves through the COM search: it finds the
+// job this request owns (or, before the owner record, the oldest job no
+// request owns) and publishes the event again under the same dedupe id.
 //
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay

@@ -433,8 +433,21 @@ func (c *Consumer) release(ctx context.Context, r *request, rev uint64, rh strin
 	_ = c.ledger.endFlight(ctx, rh, r.key)
 }
 
-// record makes the job the request's own and writes it to the ledger, then
-// publishes the submitted event.
+// record makes the job the request's own, publishes the submitted event,
+// then writes the job to the ledger as submitted. Three waits, in an order
+// each step relies on:
+//
+//   - job.<id> is durable before the event: the event names the job that
+//     any later recovery of this request adopts (search prefers the job
+//     this request owns), and the in-flight mark may go once it is durable;
+//   - the event is durable before the ledger says submitted: a redelivery
+//     that finds submitted never publishes it again.
+//
+// There is no intermediate "created" write. A crash after the owner record
+// leaves a claim without a job id: the redelivery recovers it through the
+// COM search, finds the job this request owns and republishes the event
+// under the same dedupe id (JetStream drops the copy inside its window).
+// The in-flight mark is cleared alongside the ledger write.
 func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string, job *com.Job) error {
 	mine, err := c.ledger.own(ctx, job.ID, r.key)
 	if err != nil {
@@ -443,85 +456,79 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 	if !mine {
 		return fmt.Errorf("job %s is owned by another request", job.ID)
 	}
+	c.d.Hook("after-owner")
 	data, err := json.Marshal(jobEvent(job, r.res, c.now()))
 	if err != nil {
 		return fmt.Errorf("encode job event: %w", err)
 	}
-	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateCreated, job.ID, data, nil, c.now()
-	// The job is this request's (job.<id> is durable), so the submitted
-	// event is true already: it goes out while the ledger records the job,
-	// and both are awaited before the request is marked submitted. Should
-	// the write fail or the process die, the redelivery finds the job
-	// (in the ledger, or in COM through its owner record) and publishes the
-	// same event again under the same dedupe id.
-	f, perr := c.startSubmitted(r, le)
-	rev, err = c.ledger.put(ctx, r.key, le, rev)
+	f, err := c.startSubmitted(r, le.TemplateID, job.ID, data)
+	if err == nil {
+		err = c.await(ctx, f)
+	}
 	if err != nil {
-		if errors.Is(err, errConflict) {
-			r.log.Error("claim changed while COM created a job: the job may be orphaned", "jobId", job.ID)
-		}
-		return err
+		return fmt.Errorf("publish submitted event for job %s: %w", job.ID, err)
 	}
-	// The in-flight mark goes while the event is awaited and the request
-	// marked submitted: the job is owned and recorded, so the mark has
-	// done its work.
+	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateSubmitted, job.ID, nil, nil, c.now()
 	end, eerr := c.ledger.endFlightAsync(rh, r.key)
+	err = c.finish(ctx, r, le, rev)
 	c.d.Hook("after-ledger")
-	if perr == nil {
-		perr = c.await(ctx, f)
-	}
-	if perr == nil {
-		perr = c.markSubmitted(ctx, r, le, rev)
-	}
 	if eerr == nil {
 		eerr = wait(ctx, end)
 	}
 	if eerr != nil {
 		r.log.Warn("could not clear the in-flight mark; it ages out after the POST timeout", "err", eerr)
 	}
-	if perr != nil {
-		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, perr)
-	}
-	return nil
+	return err
 }
 
-// publishSubmitted publishes the submitted event kept in the ledger and
-// marks the request submitted. Its dedupe id makes a repeat harmless.
+// publishSubmitted publishes the submitted event kept in a ledger entry
+// written as "created" (by earlier versions) and marks the request
+// submitted. Its dedupe id makes a repeat harmless.
 func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
-	f, err := c.startSubmitted(r, le)
+	f, err := c.startSubmitted(r, le.TemplateID, le.JobID, le.Event)
 	if err == nil {
 		err = c.await(ctx, f)
 	}
 	if err != nil {
 		return fmt.Errorf("publish submitted event for job %s: %w", le.JobID, err)
 	}
-	return c.markSubmitted(ctx, r, le, rev)
+	le.State, le.Event, le.UpdatedAt = stateSubmitted, nil, c.now()
+	return c.finish(ctx, r, le, rev)
 }
 
-// startSubmitted publishes the submitted event kept in le asynchronously.
-func (c *Consumer) startSubmitted(r *request, le *ledgerEntry) (jetstream.PubAckFuture, error) {
+// startSubmitted publishes the submitted event for jobID, whose data is
+// data, asynchronously.
+func (c *Consumer) startSubmitted(r *request, templateID, jobID string, data []byte) (jetstream.PubAckFuture, error) {
 	slug := "unknown"
-	if t, ok := com.Lookup(le.TemplateID); ok {
+	if t, ok := com.Lookup(templateID); ok {
 		slug = t.Slug
 	}
 	id := r.key + "/submitted"
-	e, err := publisher.NewEvent(schemas.TypeSubmitted, eventSource, id, le.JobID, le.Event, requestRef(r))
+	e, err := publisher.NewEvent(schemas.TypeSubmitted, eventSource, id, jobID, data, requestRef(r))
 	if err != nil {
 		return nil, fmt.Errorf("submitted event: %w", err)
 	}
 	return c.d.Publisher.PublishAsync(schemas.SubmittedSubject(slug), e, id)
 }
 
-// markSubmitted records that the submitted event is in the stream.
-func (c *Consumer) markSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
-	le.State, le.UpdatedAt = stateSubmitted, c.now()
+// finish writes le (state submitted) over revision rev: the submitted
+// event is in the stream.
+func (c *Consumer) finish(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
 	_, err := c.ledger.put(ctx, r.key, le, rev)
 	if errors.Is(err, errConflict) {
-		// Another delivery of the request marked it first: it is counted
-		// there, so this one is the duplicate.
-		c.m.duplicates.Inc()
-		r.log.Info("duplicate request: already submitted by another delivery", "jobId", le.JobID)
-		return nil
+		cur, _, gerr := c.ledger.get(ctx, r.key)
+		if gerr != nil {
+			return gerr
+		}
+		if cur != nil && cur.State == stateSubmitted && cur.JobID == le.JobID {
+			// Another delivery of the request marked it first: it is
+			// counted there, so this one is the duplicate.
+			c.m.duplicates.Inc()
+			r.log.Info("duplicate request: already submitted by another delivery", "jobId", le.JobID)
+			return nil
+		}
+		r.log.Error("claim changed while COM created a job: the job may be orphaned", "jobId", le.JobID)
+		return err
 	}
 	if err != nil {
 		return err

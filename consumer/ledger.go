@@ -20,9 +20,11 @@ const (
 	// crashed around it. JobID is empty.
 	stateClaimed = "claimed"
 	// stateCreated: COM created JobID and the job is owned (job.<id>); the
-	// submitted event may not be published yet.
+	// submitted event (kept in Event) may not be published yet. Only
+	// earlier versions wrote it; it is still read and finished.
 	stateCreated = "created"
-	// stateSubmitted: the submitted event is in the events stream. Final.
+	// stateSubmitted: JobID is owned and the submitted event is in the
+	// events stream. Final.
 	stateSubmitted = "submitted"
 	// stateRejected: the rejected event and the dead letter are out. Final
 	// until a replay clears it.
@@ -169,16 +171,16 @@ func (l ledger) own(ctx context.Context, jobID, requestKey string) (bool, error)
 	return true, nil
 }
 
-// owned reports whether some request owns jobID.
-func (l ledger) owned(ctx context.Context, jobID string) (bool, error) {
-	_, err := l.kv.Get(ctx, jobKey(jobID))
+// owner returns the request key that owns jobID, "" when none does.
+func (l ledger) owner(ctx context.Context, jobID string) (string, error) {
+	e, err := l.kv.Get(ctx, jobKey(jobID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, nil
+		return "", nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("ledger owner of job %s: %w", jobID, err)
+		return "", fmt.Errorf("ledger owner of job %s: %w", jobID, err)
 	}
-	return true, nil
+	return string(e.Value()), nil
 }
 
 // flight is the value of fly.<res>.<requestKey>.

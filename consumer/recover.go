@@ -92,8 +92,9 @@ func (c *Consumer) recover(ctx context.Context, r *request, le *ledgerEntry, rev
 }
 
 // search looks in COM for jobs of the claim's template and resource created
-// since the claim (less ClockSkew), oldest first, and adopts the first one
-// no other request owns. It returns nil when there is none.
+// since the claim (less ClockSkew): the one this request already owns, or
+// else the oldest no other request owns, which it adopts. It returns nil
+// when there is none.
 func (c *Consumer) search(ctx context.Context, r *request, le *ledgerEntry) (*com.Job, error) {
 	since := le.ClaimedAt.Add(-c.cfg.ClockSkew)
 	match := func(j *com.Job) bool {
@@ -131,6 +132,17 @@ func (c *Consumer) search(ctx context.Context, r *request, le *ledgerEntry) (*co
 		return nil, fmt.Errorf("look for the claim's job in COM: %w", err)
 	}
 	slices.SortStableFunc(found, func(a, b com.Job) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	// A job this request already owns comes first: its owner record is
+	// written before the submitted event, so the event may name it already.
+	for i := range found {
+		owner, err := c.ledger.owner(ctx, found[i].ID)
+		if err != nil {
+			return nil, err
+		}
+		if owner == r.key {
+			return &found[i], nil
+		}
+	}
 	for i := range found {
 		mine, err := c.ledger.own(ctx, found[i].ID, r.key)
 		if err != nil {
