@@ -54,19 +54,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// gaugeStates sets the jobs gauge from a snapshot of the tracked jobs.
-func (t *Tracker) gaugeStates(snap map[string]cached) {
+// gaugeStates sets the jobs gauge from the index's counts.
+func (t *Tracker) gaugeStates() {
 	counts := map[string]int{}
 	for _, s := range []string{schemas.StatePending, schemas.StateApprovalPending, schemas.StateRunning, schemas.StateStalled, schemas.StateComplete, schemas.StateError, schemas.StateLost} {
 		counts[s] = 0
 	}
-	for _, c := range snap {
-		s := c.rec.State
+	t.mu.Lock()
+	for s, n := range t.states {
 		if s == "" {
 			s = "UNOBSERVED"
 		}
-		counts[s]++
+		counts[s] += n
 	}
+	t.mu.Unlock()
 	for s, n := range counts {
 		t.m.jobs.WithLabelValues(s).Set(float64(n))
 	}

@@ -277,7 +277,9 @@ func TestWebhookHandler(t *testing.T) {
 }
 
 // TestManyJobsFewCalls tracks 10,000 jobs in flight in v1 mode and counts
-// the COM calls a poll cycle costs, through the simulator's counter.
+// the COM calls a poll cycle costs, through the simulator's counter: a
+// handful while the jobs' creation is within ListMargin, then one list call
+// a cycle, and changes made after that are all published.
 func TestManyJobsFewCalls(t *testing.T) {
 	n := 10_000
 	if testing.Short() || raceEnabled {
@@ -286,33 +288,17 @@ func TestManyJobsFewCalls(t *testing.T) {
 		n = 2_000
 	}
 	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: time.Hour, RunFor: time.Hour, ApprovalFor: time.Hour}})
-	tpl, _ := com.Lookup("server-inventory")
 	reg := prometheus.NewRegistry()
 	cfg := fastConfig("bulk")
 	cfg.PollInterval = 250 * time.Millisecond
 	cfg.MaxInterval = 0
-	cfg.CheckFactor = 1000 // no per-job checks inside this test's window
+	cfg.CheckFactor = 1000           // no per-job checks inside this test's window
+	cfg.ListMargin = 5 * time.Second // longer than creating the jobs takes
 	e.start(cfg, reg)
-	// Jobs are created straight in the simulator (no HTTP, not counted)
-	// on resources of their own, then announced as the consumer would.
-	var ids []string
 	start := time.Now()
-	for i := range n {
-		res := fmt.Sprintf("BULK-%05d", i)
-		e.sim.Inventory().Add(com.ResourceServer, res)
-		r, err := e.sim.Submit(com.CreateRequest{TemplateID: tpl.ID, ResourceType: com.ResourceServer, ResourceID: res})
-		if err != nil {
-			t.Fatal(err)
-		}
-		j := &com.Job{ID: r.ID, TemplateID: r.TemplateID, ResourceType: r.ResourceType, ResourceID: r.ResourceID,
-			State: r.State, Generation: r.Generation, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}
-		e.publishSubmittedAsync(j, tpl)
-		ids = append(ids, r.ID)
-	}
-	if err := e.pub.Flush(e.ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%d jobs created and announced in %s", n, time.Since(start))
+	ids := e.bulk(n, "server-inventory", "BULK")
+	created := time.Now()
+	t.Logf("%d jobs created and announced in %s", n, created.Sub(start))
 	kv, err := e.js.KeyValue(e.ctx, schemas.BucketJobs)
 	if err != nil {
 		t.Fatal(err)
@@ -323,29 +309,24 @@ func TestManyJobsFewCalls(t *testing.T) {
 	})
 	waitFor(t, "all jobs observed", func() bool { return gauge(reg, "comjobs_tracker_jobs", "PENDING") >= float64(n) })
 	t.Logf("%d jobs tracked and observed after %s", n, time.Since(start))
-	cycles := func() uint64 {
-		mfs, _ := reg.Gather()
-		for _, mf := range mfs {
-			if mf.GetName() == "comjobs_tracker_poll_cycle_seconds" {
-				return mf.GetMetric()[0].GetHistogram().GetSampleCount()
-			}
-		}
-		return 0
-	}
 	measure := func(what string, act func()) float64 {
-		c0 := cycles()
-		e.sim.ResetCalls()
-		act()
-		c1 := cycles()
-		waitFor(t, "poll cycles", func() bool { return cycles() >= c1+3 })
-		calls := e.sim.CallCounts()
-		api := calls["GET /jobs"] + calls["GET /jobs/{id}"]
-		per := float64(api) / float64(cycles()-c0)
-		t.Logf("%s: %d jobs tracked, %d COM calls over %d cycles (%.1f a cycle): %v", what, n, api, cycles()-c0, per, calls)
+		lists, gets, cycles := e.callsOver(reg, 3, act)
+		per := float64(lists+gets) / float64(cycles)
+		t.Logf("%s: %d jobs tracked, %d list and %d get calls over %d cycles (%.1f a cycle)", what, n, lists, gets, cycles, per)
 		return per
 	}
 	if per := measure("idle", func() {}); per > 20 {
 		t.Errorf("%.1f COM calls a cycle with nothing changing, want a handful", per)
+	}
+	// Once the jobs were created longer than ListMargin ago (and a second,
+	// as the Date header counts whole seconds), a cycle is one list call
+	// finding nothing; a cycle under way when counting starts or ends may
+	// add one.
+	time.Sleep(time.Until(created.Add(cfg.ListMargin + time.Second + 2*cfg.PollInterval)))
+	lists, gets, cycles := e.callsOver(reg, 5, func() {})
+	t.Logf("idle after ListMargin: %d list and %d get calls over %d cycles", lists, gets, cycles)
+	if gets != 0 || lists > int(cycles)+1 {
+		t.Errorf("idle after ListMargin: %d list and %d get calls over %d cycles, want one list a cycle", lists, gets, cycles)
 	}
 	// A thousand jobs change: about one more list page.
 	changed := min(1000, n)
@@ -361,6 +342,12 @@ func TestManyJobsFewCalls(t *testing.T) {
 	})
 	if per > 20 {
 		t.Errorf("%.1f COM calls a cycle, want a handful", per)
+	}
+	byJob := stateEvents(e.events())
+	for _, id := range ids[:changed] {
+		if evs := byJob[id]; len(evs) != 2 || evs[1].Data.State != schemas.StateRunning {
+			t.Fatalf("job %s: events %+v, want PENDING then RUNNING", id, evs)
+		}
 	}
 }
 

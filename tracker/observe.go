@@ -137,6 +137,25 @@ func (t *Tracker) dueThresholds(rec *Record, now time.Time) []time.Duration {
 	return out
 }
 
+// nextOverdue is when rec passes its next threshold not yet announced; zero
+// when none is left or rec cannot be overdue.
+func (t *Tracker) nextOverdue(rec *Record) time.Time {
+	if rec.Terminal || !rec.Observed || !slices.Contains(activeStates, rec.State) {
+		return time.Time{}
+	}
+	since := overdueSince(rec)
+	var next time.Time
+	for _, th := range t.cfg.thresholds(rec.Template.Slug) {
+		if slices.Contains(rec.OverdueSent, th.String()) {
+			continue
+		}
+		if at := since.Add(th); next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next
+}
+
 // overdueSince is when the job started counting against its expected duration.
 func overdueSince(rec *Record) time.Time {
 	if !rec.CreatedAt.IsZero() {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,16 +22,21 @@ const watermarkKey = "tracker.watermark"
 // listLimit is the page size of v1 list calls (COM's maximum).
 const listLimit = 1000
 
-// pollState is the lease holder's schedule; it lives as long as the lease.
+// checkBatch is how many jobs one v1 check call asks for ("id in (...)"),
+// which keeps its URL near 2 KB.
+const checkBatch = 50
+
+// pollState is the lease holder's list schedule; it lives as long as the
+// lease. The per-job schedule is in the index (entry.checkAt).
 type pollState struct {
-	nextDue  map[string]time.Time // job id -> next read on its own
 	nextList time.Time
 }
 
 // poll runs poll cycles until ctx ends (the lease was lost or Run is ending).
 func (t *Tracker) poll(ctx context.Context) {
 	t.initWatermark(ctx)
-	p := &pollState{nextDue: make(map[string]time.Time)}
+	t.resetSchedule()
+	p := &pollState{}
 	tick := time.NewTicker(max(t.cfg.PollInterval/4, time.Millisecond))
 	defer tick.Stop()
 	for {
@@ -64,53 +71,149 @@ func (t *Tracker) readInterval(slug string) time.Duration {
 	return iv
 }
 
-// cycle is one tick of the lease holder: a list call when due (v1), per-job
-// reads when due, overdue checks, and outboxes left by a crashed writer.
+// cycle is one tick of the lease holder: overdue checks and outboxes left
+// by a crashed writer; in v1 mode, when due, a list call and one batch of
+// per-job checks; in the older modes, the per-job reads that are due.
 func (t *Tracker) cycle(ctx context.Context, p *pollState) {
 	now := t.clock.Now()
-	if t.v1() && !now.Before(p.nextList) {
-		start := time.Now()
-		if err := t.listCycle(ctx, p); err != nil && ctx.Err() == nil {
+	listing := t.v1() && !now.Before(p.nextList)
+	var start time.Time
+	if listing {
+		start = time.Now()
+		if err := t.listCycle(ctx); err != nil && ctx.Err() == nil {
 			t.log.Warn("list cycle failed", "err", err)
 		}
-		t.m.cycle.Observe(time.Since(start).Seconds())
 		p.nextList = now.Add(jitter(t.listInterval()))
 	}
-	snap := t.snapshot()
-	t.gaugeStates(snap)
-	var reads, touches []string
-	for id, c := range snap {
-		switch {
-		case len(c.rec.Outbox) > 0 && now.Sub(c.rec.ObservedAt) > t.cfg.PollInterval:
-			touches = append(touches, id) // a writer died before publishing
-		case len(t.dueThresholds(&c.rec, now)) > 0:
-			touches = append(touches, id)
-		}
-		if c.rec.Terminal {
-			delete(p.nextDue, id)
-			continue
-		}
-		next, ok := p.nextDue[id]
-		switch {
-		case !ok:
-			p.nextDue[id] = now.Add(jitter(t.readInterval(c.rec.Template.Slug)))
-		case !now.Before(next):
-			reads = append(reads, id)
-			p.nextDue[id] = now.Add(jitter(t.readInterval(c.rec.Template.Slug)))
-		}
+	t.gaugeStates()
+	budget := -1 // every due read
+	switch {
+	case listing:
+		budget = checkBatch
+	case t.v1():
+		budget = 0
 	}
-	for id := range p.nextDue {
-		if _, ok := snap[id]; !ok {
-			delete(p.nextDue, id)
-		}
-	}
+	touches, reads := t.due(now, budget)
 	t.parallel(ctx, touches, func(ctx context.Context, id string) {
 		err := t.update(ctx, id, func(rec *Record) bool { return t.checkOverdue(rec, t.clock.Now()) })
 		if err != nil && ctx.Err() == nil {
 			t.log.Warn("overdue check failed", "job", id, "err", err)
 		}
 	})
-	t.parallel(ctx, reads, func(ctx context.Context, id string) {
+	if t.v1() {
+		if len(reads) > 0 && !t.paused() {
+			t.check(ctx, reads)
+		}
+	} else {
+		t.parallel(ctx, reads, func(ctx context.Context, id string) {
+			if !t.paused() {
+				t.read(ctx, id)
+			}
+		})
+	}
+	if listing {
+		t.m.cycle.Observe(time.Since(start).Seconds())
+	}
+}
+
+// due walks the index at now: the jobs to touch (an overdue threshold
+// passed, or an outbox was left behind) and, up to budget of them (all when
+// budget < 0), the jobs whose own read is due, longest due first, each
+// rescheduled. Jobs seen for the first time are scheduled.
+func (t *Tracker) due(now time.Time, budget int) (touches, reads []string) {
+	type dueRead struct {
+		id string
+		at time.Time
+	}
+	var ready []dueRead
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, e := range t.index {
+		if (!e.stuckAt.IsZero() && now.After(e.stuckAt)) || (!e.overdueAt.IsZero() && !now.Before(e.overdueAt)) {
+			touches = append(touches, id)
+		}
+		switch {
+		case e.terminal:
+		case e.checkAt.IsZero():
+			e.checkAt = now.Add(jitter(t.readInterval(e.slug)))
+			t.index[id] = e
+		case budget != 0 && !now.Before(e.checkAt):
+			ready = append(ready, dueRead{id, e.checkAt})
+		}
+	}
+	if budget >= 0 && len(ready) > budget {
+		slices.SortFunc(ready, func(a, b dueRead) int { return a.at.Compare(b.at) })
+		ready = ready[:budget]
+	}
+	for _, r := range ready {
+		e := t.index[r.id]
+		e.checkAt = now.Add(jitter(t.readInterval(e.slug)))
+		t.index[r.id] = e
+		reads = append(reads, r.id)
+	}
+	return touches, reads
+}
+
+// resetSchedule forgets every job's next read, so a new lease holder
+// spreads them out afresh.
+func (t *Tracker) resetSchedule() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, e := range t.index {
+		if !e.checkAt.IsZero() {
+			e.checkAt = time.Time{}
+			t.index[id] = e
+		}
+	}
+}
+
+// seen reschedules the own read of the tracked jobs among ids, just
+// observed in a list.
+func (t *Tracker) seen(ids []string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if e, ok := t.index[id]; ok && !e.terminal {
+			e.checkAt = now.Add(jitter(t.readInterval(e.slug)))
+			t.index[id] = e
+		}
+	}
+}
+
+// check reads the v1 jobs ids (at most checkBatch) with one list call
+// "id in (...)"; a job the answer lacks is read on its own, so a 404 makes
+// it LOST. Ids a filter literal cannot carry are read on their own too.
+func (t *Tracker) check(ctx context.Context, ids []string) {
+	var quoted, alone []string
+	for _, id := range ids {
+		if strings.ContainsAny(id, "'\\") {
+			alone = append(alone, id)
+			continue
+		}
+		quoted = append(quoted, "'"+id+"'")
+	}
+	if len(quoted) > 0 {
+		found := make(map[string]bool, len(quoted))
+		var mu sync.Mutex
+		err := t.walk(ctx, com.ListOptions{Filter: "id in (" + strings.Join(quoted, ",") + ")"}, func(j *com.Job) {
+			mu.Lock()
+			found[j.ID] = true
+			mu.Unlock()
+			t.considerLogged(ctx, j)
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				t.log.Warn("checking jobs failed", "jobs", len(quoted), "err", err)
+			}
+			return
+		}
+		for _, id := range ids {
+			if !found[id] && !slices.Contains(alone, id) {
+				alone = append(alone, id)
+			}
+		}
+	}
+	t.parallel(ctx, alone, func(ctx context.Context, id string) {
 		if !t.paused() {
 			t.read(ctx, id)
 		}
@@ -169,6 +272,12 @@ func (t *Tracker) findChildren(ctx context.Context, parent string) error {
 
 // walk lists every page of opts, handing each job to fn on a worker.
 func (t *Tracker) walk(ctx context.Context, opts com.ListOptions, fn func(*com.Job)) error {
+	return t.walkPages(ctx, opts, func(*com.Page) {}, fn)
+}
+
+// walkPages is walk that also hands each page to onPage, in order, before
+// its jobs.
+func (t *Tracker) walkPages(ctx context.Context, opts com.ListOptions, onPage func(*com.Page), fn func(*com.Job)) error {
 	opts.Limit = listLimit
 	for offset := 0; ; {
 		opts.Offset = offset
@@ -178,6 +287,7 @@ func (t *Tracker) walk(ctx context.Context, opts com.ListOptions, fn func(*com.J
 			t.slowDown(err)
 			return fmt.Errorf("list jobs (%s, offset %d): %w", opts.Filter, offset, err)
 		}
+		onPage(page)
 		byID := make(map[string]*com.Job, len(page.Items))
 		ids := make([]string, 0, len(page.Items))
 		for i := range page.Items {
@@ -199,19 +309,21 @@ func (t *Tracker) walk(ctx context.Context, opts com.ListOptions, fn func(*com.J
 // other jobs are ignored (nil).
 func (t *Tracker) consider(ctx context.Context, j *com.Job) error {
 	at := t.clock.Now()
-	c, ok := t.lookup(j.ID)
+	e, ok := t.lookup(j.ID)
 	var err error
 	switch {
-	case ok && (c.rec.Terminal || c.rec.Observed && j.Generation <= c.rec.Generation && len(c.rec.Outbox) == 0):
+	case ok && (e.terminal || e.observed && j.Generation <= e.generation && e.stuckAt.IsZero()):
 		return nil // nothing new
 	case ok:
 		err = t.observe(ctx, j.ID, observation{job: j, at: at})
 	case j.ParentJobID != "":
-		parent, ok := t.lookup(j.ParentJobID)
-		if !ok {
+		if _, ok := t.lookup(j.ParentJobID); !ok {
 			return nil
 		}
-		err = t.adopt(ctx, parent.rec, j)
+		var parent *Record
+		if parent, _, err = getRecord(ctx, t.kv, j.ParentJobID); err == nil {
+			err = t.adopt(ctx, *parent, j)
+		}
 	default:
 		return nil
 	}
@@ -230,20 +342,32 @@ func (t *Tracker) considerLogged(ctx context.Context, j *com.Job) {
 }
 
 // listCycle is the v1 poll: the jobs updated since the watermark (minus
-// ListMargin), oldest first, every page.
-func (t *Tracker) listCycle(ctx context.Context, p *pollState) error {
+// ListMargin), oldest first, every page. After a complete walk the
+// watermark moves to the newest updatedAt seen or, when COM dated its first
+// answer later, to that date: every change COM stamped before it was
+// listable by then, save the lag ListMargin covers, so a cycle without
+// changes lists only the margin's window instead of whatever changed within
+// ListMargin of the last change ever seen.
+func (t *Tracker) listCycle(ctx context.Context) error {
 	t.mu.Lock()
 	wm := t.watermark
 	t.wmLowered = false
 	t.mu.Unlock()
 	since := wm.Add(-t.cfg.ListMargin).UTC()
 	newWM := wm
-	var seenMu sync.Mutex
+	var (
+		seenMu sync.Mutex
+		seen   []string
+	)
 	now := t.clock.Now()
-	var seen []string
-	err := t.walk(ctx, com.ListOptions{
+	var serverTime time.Time
+	err := t.walkPages(ctx, com.ListOptions{
 		Filter: "updatedAt gt " + since.Format(time.RFC3339Nano),
 		Sort:   "updatedAt asc",
+	}, func(p *com.Page) {
+		if serverTime.IsZero() {
+			serverTime = p.ServerTime
+		}
 	}, func(j *com.Job) {
 		seenMu.Lock()
 		if j.UpdatedAt.After(newWM) {
@@ -253,13 +377,12 @@ func (t *Tracker) listCycle(ctx context.Context, p *pollState) error {
 		seenMu.Unlock()
 		t.considerLogged(ctx, j)
 	})
-	for _, id := range seen {
-		if c, ok := t.lookup(id); ok {
-			p.nextDue[id] = now.Add(jitter(t.readInterval(c.rec.Template.Slug)))
-		}
-	}
+	t.seen(seen, now)
 	if err != nil {
 		return err
+	}
+	if serverTime.After(newWM) {
+		newWM = serverTime
 	}
 	t.mu.Lock()
 	if !t.wmLowered {
@@ -289,10 +412,9 @@ func (t *Tracker) initWatermark(ctx context.Context) {
 	floor := now.Add(-24 * time.Hour)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, c := range t.cache {
-		u := c.rec.UpdatedAt
-		if !c.rec.Terminal && !u.IsZero() && u.Before(wm) {
-			wm = u
+	for _, e := range t.index {
+		if !e.terminal && !e.updatedAt.IsZero() && e.updatedAt.Before(wm) {
+			wm = e.updatedAt
 		}
 	}
 	if wm.Before(floor) {

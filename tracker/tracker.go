@@ -69,9 +69,11 @@ type Tracker struct {
 	locks [256]sync.Mutex // per-job serialisation inside this process
 
 	mu        sync.Mutex
-	cache     map[string]cached // job id -> last record seen in the bucket
-	watermark time.Time         // v1 list watermark (COM's clock)
-	wmLowered bool              // the watcher moved the watermark back during a cycle
+	index     map[string]entry // job id -> the last record seen in the bucket, in brief
+	states    map[string]int   // tracked jobs by entry.state, kept with index
+	interned  map[string]string
+	watermark time.Time // v1 list watermark (COM's clock)
+	wmLowered bool      // the watcher moved the watermark back during a cycle
 	synced    bool
 
 	running     atomic.Bool
@@ -80,9 +82,26 @@ type Tracker struct {
 	pausedUntil atomic.Int64 // unix nanos; COM asked to slow down until then
 }
 
-type cached struct {
-	rec Record
-	rev uint64
+// entry is what the tracker keeps in memory about one tracked job: what the
+// poll schedule, the gauges and the state machine's shortcuts need. The
+// record itself stays in the bucket; only adopting a child job reads it.
+type entry struct {
+	rev        uint64 // of the record this entry was made from
+	state      string // "" until observed
+	generation int64
+	observed   bool
+	terminal   bool
+	slug       string
+	updatedAt  time.Time // COM's updatedAt as last observed
+	// stuckAt is when an outbox still in the record counts as left behind
+	// by a writer that died; zero when the outbox is empty.
+	stuckAt time.Time
+	// overdueAt is when the next threshold not yet announced passes; zero
+	// when none is left (or the job cannot be overdue).
+	overdueAt time.Time
+	// checkAt is when the lease holder next reads the job on its own; zero
+	// until the lease holder scheduled it. Only the lease holder sets it.
+	checkAt time.Time
 }
 
 // New checks cfg and deps; it starts nothing and makes no calls.
@@ -108,14 +127,16 @@ func New(cfg Config, deps Deps) (*Tracker, error) {
 		return nil, fmt.Errorf("tracker: metrics: %w", err)
 	}
 	return &Tracker{
-		cfg:   cfg,
-		js:    deps.JS,
-		com:   deps.COM,
-		pub:   deps.Publisher,
-		log:   deps.Logger.With("component", "tracker", "instance", cfg.Instance),
-		clock: deps.Clock,
-		m:     m,
-		cache: make(map[string]cached),
+		cfg:      cfg,
+		js:       deps.JS,
+		com:      deps.COM,
+		pub:      deps.Publisher,
+		log:      deps.Logger.With("component", "tracker", "instance", cfg.Instance),
+		clock:    deps.Clock,
+		m:        m,
+		index:    make(map[string]entry),
+		states:   make(map[string]int),
+		interned: make(map[string]string),
 	}, nil
 }
 
@@ -184,7 +205,7 @@ func (t *Tracker) lockFor(id string) *sync.Mutex {
 	return &t.locks[h.Sum32()%uint32(len(t.locks))]
 }
 
-// watch mirrors the jobs bucket into t.cache.
+// watch mirrors the jobs bucket into t.index.
 func (t *Tracker) watch(ctx context.Context) error {
 	w, err := t.kv.WatchAll(ctx)
 	if err != nil {
@@ -199,55 +220,107 @@ func (t *Tracker) watch(ctx context.Context) error {
 			if !ok {
 				return errors.New("tracker: jobs watcher closed")
 			}
-			t.mu.Lock()
 			if e == nil {
+				t.mu.Lock()
 				t.synced = true
 				t.mu.Unlock()
 				continue
 			}
 			if e.Operation() != jetstream.KeyValuePut {
-				if id, ok := unKey(e.Key()); ok && t.cache[id].rev <= e.Revision() {
-					delete(t.cache, id)
+				if id, ok := unKey(e.Key()); ok {
+					t.forget(id, e.Revision())
 				}
-				t.mu.Unlock()
 				continue
 			}
-			var r Record
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				t.mu.Unlock()
+			var h recordHead
+			if err := json.Unmarshal(e.Value(), &h); err != nil {
 				t.log.Warn("undecodable job record ignored", "key", e.Key(), "err", err)
 				continue
 			}
-			old, known := t.cache[r.JobID]
-			if !known || old.rev < e.Revision() {
-				t.cache[r.JobID] = cached{rec: r, rev: e.Revision()}
-			}
-			// A job tracked after the watermark passed its last update would
-			// not show up in the next list: move the watermark back.
-			if !known && t.synced && !r.Terminal && !t.watermark.IsZero() && r.UpdatedAt.Before(t.watermark) && !r.UpdatedAt.IsZero() {
-				t.watermark, t.wmLowered = r.UpdatedAt, true
-			}
-			t.mu.Unlock()
+			t.remember(&h, e.Revision())
 		}
 	}
 }
 
-// snapshot copies the cache.
-func (t *Tracker) snapshot() map[string]cached {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make(map[string]cached, len(t.cache))
-	for k, v := range t.cache {
-		out[k] = v
-	}
-	return out
+// recordHead is the part of a Record the index is made from; decoding
+// only it skips building the rest.
+type recordHead struct {
+	JobID    string `json:"jobId"`
+	Template struct {
+		Slug string `json:"slug"`
+	} `json:"template"`
+	Observed    bool       `json:"observed"`
+	State       string     `json:"state"`
+	Generation  int64      `json:"generation"`
+	CreatedAt   time.Time  `json:"createdAt"`
+	UpdatedAt   time.Time  `json:"updatedAt"`
+	ObservedAt  time.Time  `json:"observedAt"`
+	TrackedAt   time.Time  `json:"trackedAt"`
+	Terminal    bool       `json:"terminal"`
+	OverdueSent []string   `json:"overdueSent"`
+	Outbox      []struct{} `json:"outbox"`
 }
 
-func (t *Tracker) lookup(id string) (cached, bool) {
+// remember puts the record h (at revision rev) into the index unless the
+// index holds a later one.
+func (t *Tracker) remember(h *recordHead, rev uint64) {
+	e := entry{
+		rev: rev, observed: h.Observed, generation: h.Generation, terminal: h.Terminal,
+		updatedAt: h.UpdatedAt,
+		overdueAt: t.nextOverdue(&Record{
+			Observed: h.Observed, State: h.State, Terminal: h.Terminal, CreatedAt: h.CreatedAt,
+			TrackedAt: h.TrackedAt, OverdueSent: h.OverdueSent, Template: schemas.TemplateRef{Slug: h.Template.Slug},
+		}),
+	}
+	if len(h.Outbox) > 0 {
+		e.stuckAt = h.ObservedAt.Add(t.cfg.PollInterval)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c, ok := t.cache[id]
-	return c, ok
+	e.state, e.slug = t.intern(h.State), t.intern(h.Template.Slug)
+	old, known := t.index[h.JobID]
+	if known && old.rev >= rev {
+		return
+	}
+	e.checkAt = old.checkAt
+	if known {
+		t.states[old.state]--
+	}
+	t.states[e.state]++
+	t.index[h.JobID] = e
+	// A job tracked after the watermark passed its last update would not
+	// show up in the next list: move the watermark back.
+	if !known && t.synced && !e.terminal && !t.watermark.IsZero() && !e.updatedAt.IsZero() && e.updatedAt.Before(t.watermark) {
+		t.watermark, t.wmLowered = e.updatedAt, true
+	}
+}
+
+// forget drops job id from the index, unless the index holds a record
+// written after revision rev.
+func (t *Tracker) forget(id string, rev uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.index[id]; ok && old.rev <= rev {
+		t.states[old.state]--
+		delete(t.index, id)
+	}
+}
+
+// intern returns one shared copy of s (states and slugs repeat across
+// every job). Call with t.mu held.
+func (t *Tracker) intern(s string) string {
+	if v, ok := t.interned[s]; ok {
+		return v
+	}
+	t.interned[s] = s
+	return s
+}
+
+func (t *Tracker) lookup(id string) (entry, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.index[id]
+	return e, ok
 }
 
 func (t *Tracker) paused() bool {
