@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/schemas"
@@ -171,5 +173,53 @@ func TestCrashAfterOwnerKeepsOwnJob(t *testing.T) {
 	evs := e.events(t, schemas.SubjectEvents+".submitted.>")
 	if len(evs) != 1 || evs[0].Subject() != le.JobID {
 		t.Fatalf("submitted events %v, want one naming job %s", evs, le.JobID)
+	}
+}
+
+// failingCreate is a COM whose create fails once, as a 503 after which
+// COM holds nothing, on call number failOn; every other call is the real
+// client's.
+type failingCreate struct {
+	COM
+	failOn int
+	calls  int
+}
+
+func (f *failingCreate) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	f.calls++ // one worker: no concurrent calls
+	if f.calls == f.failOn {
+		return nil, &com.Error{Kind: com.KindTransient, StatusCode: 503, Op: "create job", Message: "injected"}
+	}
+	return f.COM.Create(ctx, r)
+}
+
+// TestDoneMarkHoldsNobody: B's in-flight mark outlives B's success. A's
+// recovery on the same template and resource, well inside the POST
+// timeout, must not wait for it: a mark whose claim has a job id is done,
+// and the recovery clears it.
+func TestDoneMarkHoldsNobody(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	cfg := testConfig(20)
+	cfg.Workers, cfg.FetchBatch, cfg.POSTTimeout = 1, 1, time.Minute
+	e.request(t, "//test/mark", "B", "server-restart", server1, nil)
+	e.request(t, "//test/mark", "A", "server-restart", server1, nil)
+	c, _ := e.newConsumer(t, cfg, func(d *Deps) { d.COM = &failingCreate{COM: d.COM, failOn: 2} })
+	run(t, c)
+	e.drained(t, 15*time.Second)
+	if got := len(topJobs(e.sim)); got != 2 {
+		t.Fatalf("simulator holds %d jobs, want 2", got)
+	}
+	if evs := e.events(t, schemas.SubjectEvents+".submitted.>"); len(evs) != 2 {
+		t.Fatalf("%d submitted events, want 2", len(evs))
+	}
+	kv, err := e.js.KeyValue(t.Context(), schemas.BucketLedger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpl, _ := com.Lookup("server-restart")
+	rh := resHash(tpl.ID, server1.Type, server1.ID)
+	if _, err := kv.Get(t.Context(), flyKey(rh, schemas.RequestKey("//test/mark", "B"))); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("B's done mark was not cleared by A's recovery: %v", err)
 	}
 }

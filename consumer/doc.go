@@ -8,7 +8,8 @@
 //
 //	req.<requestKey>        the request's claim and outcome (JSON ledgerEntry)
 //	job.<jobId>             the request key that owns a COM job (created once)
-//	fly.<resHash>.<reqKey>  an in-flight POST for a (template, resource) pair
+//	fly.<resHash>.<reqKey>  a POST for a (template, resource) pair, in flight
+//	                        while the request's claim has no job id
 //	lock.<resHash>          a request recovering an unresolved claim for that pair
 //
 // A request is claimed (compare-and-set) before the POST and its job id is
@@ -21,13 +22,15 @@
 //
 // A fresh request costs one claim create (it doubles as the ledger read),
 // the in-flight mark (stored alongside the claim), one lock read, the POST,
-// the owner create, the submitted event, then the ledger's submitted record
-// together with the clearing of the in-flight mark: five waits on
-// JetStream, each durable before the step that relies on it. A crash
-// between the POST and the submitted record leaves a claim without a job
-// id, which the redelivery resolves through the COM search: it finds the
-// job this request owns (or, before the owner record, the oldest job no
-// request owns) and publishes the event again under the same dedupe id.
+// the owner create, the submitted event, then the ledger's submitted
+// record: five stored messages and five waits on JetStream, each durable
+// before the step that relies on it. The in-flight mark is not deleted on
+// the way: once the claim records a job id it holds nobody back, and a
+// recovery that meets it clears it. A crash between the POST and the
+// submitted record leaves a claim without a job id, which the redelivery
+// resolves through the COM search: it finds the job this request owns (or,
+// before the owner record, the oldest job no request owns) and publishes
+// the event again under the same dedupe id.
 //
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay

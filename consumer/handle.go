@@ -368,7 +368,7 @@ func (c *Consumer) post(ctx context.Context, r *request, le *ledgerEntry, rev ui
 	c.comWorks()
 	c.d.Hook("after-post")
 	r.log.Info("COM created the job", "jobId", job.ID)
-	return c.record(bg, r, le, rev, rh, job)
+	return c.record(bg, r, le, rev, job)
 }
 
 // postFailed sorts a failed create: not sent (429, configuration) releases
@@ -439,7 +439,8 @@ func (c *Consumer) release(ctx context.Context, r *request, rev uint64, rh strin
 //
 //   - job.<id> is durable before the event: the event names the job that
 //     any later recovery of this request adopts (search prefers the job
-//     this request owns), and the in-flight mark may go once it is durable;
+//     this request owns), and the in-flight mark stops holding other
+//     requests' recovery back once it is durable;
 //   - the event is durable before the ledger says submitted: a redelivery
 //     that finds submitted never publishes it again.
 //
@@ -447,8 +448,9 @@ func (c *Consumer) release(ctx context.Context, r *request, rev uint64, rh strin
 // leaves a claim without a job id: the redelivery recovers it through the
 // COM search, finds the job this request owns and republishes the event
 // under the same dedupe id (JetStream drops the copy inside its window).
-// The in-flight mark is cleared alongside the ledger write.
-func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string, job *com.Job) error {
+// The in-flight mark stays: once the owner record is durable it no longer
+// holds anyone back (see ledger.flights), and a recovery clears it.
+func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev uint64, job *com.Job) error {
 	mine, err := c.ledger.own(ctx, job.ID, r.key)
 	if err != nil {
 		return err
@@ -469,15 +471,8 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 		return fmt.Errorf("publish submitted event for job %s: %w", job.ID, err)
 	}
 	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateSubmitted, job.ID, nil, nil, c.now()
-	end, eerr := c.ledger.endFlightAsync(rh, r.key)
 	err = c.finish(ctx, r, le, rev)
 	c.d.Hook("after-ledger")
-	if eerr == nil {
-		eerr = wait(ctx, end)
-	}
-	if eerr != nil {
-		r.log.Warn("could not clear the in-flight mark; it ages out after the POST timeout", "err", eerr)
-	}
 	return err
 }
 

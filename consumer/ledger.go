@@ -205,11 +205,6 @@ func (l ledger) startFlightAsync(res, requestKey string, at time.Time) (jetstrea
 	return l.writeAsync(flyKey(res, requestKey), b, false)
 }
 
-// endFlightAsync clears the in-flight mark without waiting for it.
-func (l ledger) endFlightAsync(res, requestKey string) (jetstream.PubAckFuture, error) {
-	return l.writeAsync(flyKey(res, requestKey), nil, true)
-}
-
 func (l ledger) endFlight(ctx context.Context, res, requestKey string) error {
 	if err := l.kv.Delete(ctx, flyKey(res, requestKey)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("ledger clear in-flight mark: %w", err)
@@ -217,8 +212,18 @@ func (l ledger) endFlight(ctx context.Context, res, requestKey string) error {
 	return nil
 }
 
-// flights returns the other requests' in-flight marks for res.
-func (l ledger) flights(ctx context.Context, res, except string) (map[string]time.Time, error) {
+// flights returns the requests other than except that may be inside a
+// POST for res, with the time of their mark, and clears the marks of the
+// requests that are done. A successful request leaves its mark behind (one
+// stored message less on the hot path, and a mark weighs what the deletion
+// tombstone would); the mark means "in flight" only while its request's
+// claim has no job id and no ended POST, and only for POSTTimeout.
+//
+// A mark whose claim is not stored yet is not in flight either: its
+// request reads lock.<res> only after both are stored, and the caller took
+// the lock before calling flights, so that request will see the lock and
+// back off.
+func (l ledger) flights(ctx context.Context, res, except string, now time.Time, postTimeout time.Duration) (map[string]time.Time, error) {
 	lister, err := l.kv.ListKeysFiltered(ctx, "fly."+res+".*")
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
 		return nil, nil
@@ -243,7 +248,21 @@ func (l ledger) flights(ctx context.Context, res, except string) (map[string]tim
 		}
 		var f flight
 		_ = json.Unmarshal(e.Value(), &f)
-		out[rk] = f.At
+		if now.Sub(f.At) >= postTimeout {
+			continue // a worker inside its POST has left it by now
+		}
+		le, _, err := l.get(ctx, rk)
+		if err != nil {
+			return nil, err
+		}
+		if le != nil && le.State == stateClaimed && le.JobID == "" && le.PostEndedAt == nil {
+			out[rk] = f.At
+			continue
+		}
+		if le != nil && le.State != stateClaimed {
+			// Done: its job (if any) is owned. Clear the mark.
+			_ = l.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
+		}
 	}
 	return out, nil
 }

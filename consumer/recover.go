@@ -40,14 +40,12 @@ func (c *Consumer) recover(ctx context.Context, r *request, le *ledgerEntry, rev
 	}
 	// Holding the lock, wait for requests still inside their POST: their
 	// jobs would look unowned.
-	flights, err := c.ledger.flights(ctx, rh, r.key)
+	flights, err := c.ledger.flights(ctx, rh, r.key, now, c.cfg.POSTTimeout)
 	if err != nil {
 		return err
 	}
-	for other, at := range flights {
-		if now.Sub(at) < c.cfg.POSTTimeout {
-			return &waitErr{delay: c.backoff(int(r.delivered)), why: "request " + other + " for the same template and resource is inside its POST"}
-		}
+	for other := range flights {
+		return &waitErr{delay: c.backoff(int(r.delivered)), why: "request " + other + " for the same template and resource is inside its POST"}
 	}
 	r.log.Warn("recovering a claim without a job id: looking in COM", "claimedAt", le.ClaimedAt, "postEndedAt", le.PostEndedAt)
 	job, err := c.search(ctx, r, le)
@@ -56,7 +54,7 @@ func (c *Consumer) recover(ctx context.Context, r *request, le *ledgerEntry, rev
 	}
 	if job != nil {
 		r.log.Warn("recovered the job this request created before", "jobId", job.ID)
-		err := c.record(ctx, r, le, rev, rh, job)
+		err := c.record(ctx, r, le, rev, job)
 		if uerr := c.ledger.unlock(context.WithoutCancel(ctx), rh, r.key); uerr != nil {
 			r.log.Warn("could not release the recovery lock", "err", uerr)
 		}
