@@ -148,9 +148,19 @@ func gauge(reg *prometheus.Registry, name, label string) float64 {
 // start runs a tracker until the test ends or stop is called.
 func (e *env) start(cfg tracker.Config, reg prometheus.Registerer) (tr *tracker.Tracker, stop func()) {
 	e.t.Helper()
-	tr, err := tracker.New(cfg, tracker.Deps{JS: e.js, COM: e.com, Publisher: e.pub, Logger: e.log, Registry: reg})
+	return e.startWith(cfg, reg, e.com, nil)
+}
+
+// startWith is start with c as the tracker's COM; prepare, when not nil,
+// sees the tracker before it runs.
+func (e *env) startWith(cfg tracker.Config, reg prometheus.Registerer, c tracker.COM, prepare func(*tracker.Tracker)) (tr *tracker.Tracker, stop func()) {
+	e.t.Helper()
+	tr, err := tracker.New(cfg, tracker.Deps{JS: e.js, COM: c, Publisher: e.pub, Logger: e.log, Registry: reg})
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(tr)
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)

@@ -278,29 +278,66 @@ func (t *Tracker) walk(ctx context.Context, opts com.ListOptions, fn func(*com.J
 // walkPages is walk that also hands each page to onPage, in order, before
 // its jobs.
 func (t *Tracker) walkPages(ctx context.Context, opts com.ListOptions, onPage func(*com.Page), fn func(*com.Job)) error {
-	opts.Limit = listLimit
-	for offset := 0; ; {
-		opts.Offset = offset
-		page, err := t.com.List(ctx, opts)
-		t.countCall("list", err)
+	opts.Limit = t.pageSize
+	for {
+		page, err := t.listPage(ctx, opts, onPage, fn)
 		if err != nil {
-			t.slowDown(err)
-			return fmt.Errorf("list jobs (%s, offset %d): %w", opts.Filter, offset, err)
+			return err
 		}
-		onPage(page)
-		byID := make(map[string]*com.Job, len(page.Items))
-		ids := make([]string, 0, len(page.Items))
-		for i := range page.Items {
-			j := &page.Items[i]
-			if _, dup := byID[j.ID]; !dup {
-				ids = append(ids, j.ID)
-			}
-			byID[j.ID] = j
-		}
-		t.parallel(ctx, ids, func(ctx context.Context, id string) { fn(byID[id]) })
-		offset += len(page.Items)
-		if len(page.Items) < opts.Limit || offset >= page.Total {
+		opts.Offset += len(page.Items)
+		if len(page.Items) < opts.Limit || opts.Offset >= page.Total {
 			return ctx.Err()
+		}
+	}
+}
+
+// listPage lists one page of opts and hands it to onPage, then each of its
+// jobs to fn on a worker (a job twice on the page once).
+func (t *Tracker) listPage(ctx context.Context, opts com.ListOptions, onPage func(*com.Page), fn func(*com.Job)) (*com.Page, error) {
+	page, err := t.com.List(ctx, opts)
+	t.countCall("list", err)
+	if err != nil {
+		t.slowDown(err)
+		return nil, fmt.Errorf("list jobs (%s, offset %d): %w", opts.Filter, opts.Offset, err)
+	}
+	onPage(page)
+	byID := make(map[string]*com.Job, len(page.Items))
+	ids := make([]string, 0, len(page.Items))
+	for i := range page.Items {
+		j := &page.Items[i]
+		if _, dup := byID[j.ID]; !dup {
+			ids = append(ids, j.ID)
+		}
+		byID[j.ID] = j
+	}
+	t.parallel(ctx, ids, func(ctx context.Context, id string) { fn(byID[id]) })
+	return page, nil
+}
+
+// walkUpdated lists every job updated after since, oldest first, like
+// walkPages but paging by key: each next page asks for the jobs updated at
+// or after the newest of the last page, so a job changing during the walk,
+// which moves to its end, cannot shift another job past a page boundary
+// unseen, as paging by offset would. The jobs at the seam come twice (the
+// state machine ignores the copy). A page whose jobs all carry the same
+// updatedAt, or that does not get past since, is followed by offset.
+func (t *Tracker) walkUpdated(ctx context.Context, since time.Time, onPage func(*com.Page), fn func(*com.Job)) error {
+	opts := com.ListOptions{Sort: "updatedAt asc", Limit: t.pageSize}
+	op := "gt"
+	for {
+		opts.Filter = "updatedAt " + op + " " + since.UTC().Format(time.RFC3339Nano)
+		page, err := t.listPage(ctx, opts, onPage, fn)
+		if err != nil {
+			return err
+		}
+		n := len(page.Items)
+		if n < opts.Limit || opts.Offset+n >= page.Total {
+			return ctx.Err()
+		}
+		if last := page.Items[n-1].UpdatedAt; page.Items[0].UpdatedAt.Before(last) && last.After(since) {
+			since, op, opts.Offset = last, "ge", 0
+		} else {
+			opts.Offset += n
 		}
 	}
 }
@@ -342,7 +379,10 @@ func (t *Tracker) considerLogged(ctx context.Context, j *com.Job) {
 }
 
 // listCycle is the v1 poll: the jobs updated since the watermark (minus
-// ListMargin), oldest first, every page. After a complete walk the
+// ListMargin), oldest first, every page. A job whose observation failed
+// keeps the watermark from passing it for a while, so the next cycles see
+// it again.
+// After a complete walk the
 // watermark moves to the newest updatedAt seen or, when COM dated its first
 // answer later, to that date: every change COM stamped before it was
 // listable by then, save the lag ListMargin covers, so a cycle without
@@ -361,21 +401,25 @@ func (t *Tracker) listCycle(ctx context.Context) error {
 	)
 	now := t.clock.Now()
 	var serverTime time.Time
-	err := t.walkPages(ctx, com.ListOptions{
-		Filter: "updatedAt gt " + since.Format(time.RFC3339Nano),
-		Sort:   "updatedAt asc",
-	}, func(p *com.Page) {
+	var failed time.Time // the oldest updatedAt of a job whose observation failed
+	err := t.walkUpdated(ctx, since, func(p *com.Page) {
 		if serverTime.IsZero() {
 			serverTime = p.ServerTime
 		}
 	}, func(j *com.Job) {
+		err := t.consider(ctx, j)
+		if err != nil && ctx.Err() == nil {
+			t.log.Warn("observing job failed", "job", j.ID, "err", err)
+		}
 		seenMu.Lock()
+		defer seenMu.Unlock()
 		if j.UpdatedAt.After(newWM) {
 			newWM = j.UpdatedAt
 		}
+		if err != nil && (failed.IsZero() || j.UpdatedAt.Before(failed)) {
+			failed = j.UpdatedAt
+		}
 		seen = append(seen, j.ID)
-		seenMu.Unlock()
-		t.considerLogged(ctx, j)
 	})
 	t.seen(seen, now)
 	if err != nil {
@@ -383,6 +427,18 @@ func (t *Tracker) listCycle(ctx context.Context) error {
 	}
 	if serverTime.After(newWM) {
 		newWM = serverTime
+	}
+	if !failed.IsZero() {
+		// The next list must show that job again; one that keeps failing
+		// holds the watermark back for ten list intervals at most (its own
+		// check reads it later).
+		hold := failed.Add(t.cfg.ListMargin - time.Microsecond)
+		if floor := newWM.Add(-10 * t.listInterval()); hold.Before(floor) {
+			hold = floor
+		}
+		if hold.Before(newWM) {
+			newWM = hold
+		}
 	}
 	t.mu.Lock()
 	if !t.wmLowered {

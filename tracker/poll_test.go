@@ -1,7 +1,10 @@
 package tracker_test
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/schemas"
+	"github.com/comjobs/comjobs/tracker"
 )
 
 // bulk creates n jobs of template slug straight in the simulator (no HTTP,
@@ -99,4 +103,82 @@ func TestChecksBatched(t *testing.T) {
 	if got := gauge(reg, "comjobs_tracker_jobs", schemas.StatePending); got != float64(len(ids)-len(gone)) {
 		t.Errorf("%v jobs PENDING, want %d", got, len(ids)-len(gone))
 	}
+}
+
+// gatedCOM is the simulator's client with a gate the test can close to
+// hold the tracker's list calls, and a hook run on each list answer before
+// the tracker sees it.
+type gatedCOM struct {
+	*com.Client
+	gate sync.RWMutex // held by the test: list calls wait
+	mu   sync.Mutex
+	hook func(com.ListOptions, *com.Page)
+}
+
+func (g *gatedCOM) List(ctx context.Context, opts com.ListOptions) (*com.Page, error) {
+	g.gate.RLock()
+	p, err := g.Client.List(ctx, opts)
+	g.gate.RUnlock()
+	g.mu.Lock()
+	hook := g.hook
+	g.mu.Unlock()
+	if err == nil && hook != nil {
+		hook(opts, p)
+	}
+	return p, err
+}
+
+// TestListWalkSurvivesChanges: a job changing while the tracker walks the
+// pages of a list (it moves to the end of the list) does not push another
+// job past a page boundary unseen.
+func TestListWalkSurvivesChanges(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: time.Hour, RunFor: time.Hour, ApprovalFor: time.Hour}})
+	reg := prometheus.NewRegistry()
+	cfg := fastConfig("walk")
+	cfg.PollInterval = 100 * time.Millisecond
+	cfg.ListMargin = 200 * time.Millisecond
+	cfg.CheckFactor = 1000 // no per-job checks: only lists find changes
+	g := &gatedCOM{Client: e.com}
+	e.startWith(cfg, reg, g, func(tr *tracker.Tracker) { tracker.SetPageSize(tr, 10) })
+	ids := e.bulk(25, "server-inventory", "WALK")
+	waitFor(t, "all jobs observed", func() bool { return gauge(reg, "comjobs_tracker_jobs", "PENDING") >= float64(len(ids)) })
+
+	// Every job starts running while the tracker cannot list; by the time
+	// it can, the changes are older than ListMargin (and the second the
+	// Date header may be early), so one walk of three pages must find all.
+	g.gate.Lock()
+	for _, id := range ids {
+		if err := e.sim.SetState(id, comsim.StateRunning, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(cfg.ListMargin + time.Second + cfg.PollInterval)
+	var once sync.Once
+	moved := ""
+	g.mu.Lock()
+	g.hook = func(opts com.ListOptions, p *com.Page) {
+		if !strings.HasPrefix(opts.Filter, "updatedAt") || len(p.Items) < 10 {
+			return
+		}
+		once.Do(func() {
+			// A job on the first page ends before the second is asked for.
+			moved = p.Items[0].ID
+			if err := e.sim.SetState(moved, comsim.StateComplete, comsim.ResultSuccess); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	g.mu.Unlock()
+	g.gate.Unlock()
+
+	waitFor(t, "every job seen running", func() bool {
+		byJob := stateEvents(e.events())
+		for _, id := range ids {
+			if evs := byJob[id]; len(evs) < 2 || evs[1].Data.State != schemas.StateRunning {
+				return false
+			}
+		}
+		return true
+	})
+	waitFor(t, "the job that moved seen complete", func() bool { return e.lastState(moved) == schemas.StateComplete })
 }

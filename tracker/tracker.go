@@ -66,7 +66,8 @@ type Tracker struct {
 	kv  jetstream.KeyValue // comjobs-jobs, set by Run before anything uses it
 	ctl jetstream.KeyValue // comjobs-control
 
-	locks [256]sync.Mutex // per-job serialisation inside this process
+	locks    [256]sync.Mutex // per-job serialisation inside this process
+	pageSize int             // of list calls: listLimit (tests make it smaller)
 
 	mu        sync.Mutex
 	index     map[string]entry // job id -> the last record seen in the bucket, in brief
@@ -134,6 +135,7 @@ func New(cfg Config, deps Deps) (*Tracker, error) {
 		log:      deps.Logger.With("component", "tracker", "instance", cfg.Instance),
 		clock:    deps.Clock,
 		m:        m,
+		pageSize: listLimit,
 		index:    make(map[string]entry),
 		states:   make(map[string]int),
 		interned: make(map[string]string),
