@@ -23,11 +23,14 @@ type Config struct {
 	// MaxInterval caps the per-job interval (default 30 × PollInterval).
 	MaxInterval time.Duration
 	// CheckFactor: in v1 mode a tracked job not seen in a list for
-	// CheckFactor × its interval is read on its own, which also finds jobs
-	// COM deleted (default 10).
+	// CheckFactor × its interval is checked, which also finds jobs COM
+	// deleted (default 10). Checks go 50 jobs to a call, one call a list
+	// cycle, longest due first: with more jobs due than that, each is
+	// checked less often than CheckFactor says.
 	CheckFactor int
 	// ListMargin is subtracted from the watermark of v1 list calls to
-	// cover clock skew and list lag inside COM (default 30s).
+	// cover list lag inside COM and skew between the clock of its Date
+	// header and that of its updatedAt stamps (default 30s).
 	ListMargin time.Duration
 	// LeaseTTL is how long the poll lease lives without renewal (default
 	// 1.5 × PollInterval, so a replica takes over from a dead one within
