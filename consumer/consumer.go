@@ -73,6 +73,7 @@ type Consumer struct {
 	m      *metrics
 	now    func() time.Time
 	ledger ledger
+	locks  lockRevs
 	gate   gate
 
 	mu           sync.Mutex
@@ -164,7 +165,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
 	}
-	c.ledger = ledger{kv: kv, js: c.d.JS}
+	ledgerStream, err := c.d.JS.Stream(ctx, "KV_"+schemas.BucketLedger)
+	if err != nil {
+		return fmt.Errorf("consumer: ledger stream: %w", err)
+	}
+	c.ledger = ledger{kv: kv, js: c.d.JS, st: ledgerStream}
 	control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
 	if err != nil {
 		return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)

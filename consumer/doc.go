@@ -20,17 +20,23 @@
 // recovers it holds lock.<resHash>, so new requests for the same template
 // and resource wait; it waits in turn for requests still inside their POST.
 //
-// A fresh request costs one claim create (it doubles as the ledger read),
-// the in-flight mark (stored alongside the claim), one lock read, the POST,
-// the owner create, the submitted event, then the ledger's submitted
-// record: five stored messages and five waits on JetStream, each durable
-// before the step that relies on it. The in-flight mark is not deleted on
-// the way: once the claim records a job id it holds nobody back, and a
-// recovery that meets it clears it. A crash between the POST and the
-// submitted record leaves a claim without a job id, which the redelivery
-// resolves through the COM search: it finds the job this request owns (or,
-// before the owner record, the oldest job no request owns) and publishes
-// the event again under the same dedupe id.
+// A fresh request costs the claim (its create doubles as the ledger read)
+// and the in-flight mark, written together and awaited once; the POST; the
+// owner create; the submitted event; then the ledger's submitted record:
+// five stored messages and four waits on JetStream, each durable before
+// the step that relies on it. Every compare-and-set is an asynchronous
+// publish with expected-last-subject-sequence headers, so the writes of
+// many requests are in flight at once. The in-flight mark is stored only
+// if lock.<resHash> has not moved since it was last seen, checked by the
+// bucket in the same step: a recovery that takes the lock afterwards lists
+// the mark, and a mark refused makes the request read the lock (and wait
+// while another request holds it). The mark is not deleted on the way:
+// once the claim records a job id it holds nobody back, and a recovery
+// that meets it clears it. A crash between the POST and the submitted
+// record leaves a claim without a job id, which the redelivery resolves
+// through the COM search: it finds the job this request owns (or, before
+// the owner record, the oldest job no request owns) and publishes the
+// event again under the same dedupe id.
 //
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay

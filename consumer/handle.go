@@ -292,6 +292,17 @@ func (c *Consumer) resolve(r *request, le *ledgerEntry) error {
 }
 
 // fresh claims a request nobody has claimed and submits it.
+//
+// The claim and the in-flight mark are written together and awaited once.
+// The claim is created only if req.<key> was never written, so it fails
+// with errConflict when the request was claimed before, which sends the
+// caller to read the ledger. The mark is stored only if lock.<rh> is at the
+// revision last seen (see ledger.startFlightAsync): the bucket checks and
+// stores in one step, so either the mark is stored before any recovery of
+// the same template and resource takes the lock (and that recovery waits
+// for it), or it is refused and the lock is read. This replaces a read of
+// the lock after the mark: one wait less, and no read that a replica could
+// answer from a stale copy.
 func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	if err := c.gate.wait(ctx, c.now); err != nil {
 		return err
@@ -299,41 +310,72 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	t, rs := r.res.Template, r.res.Resource
 	rh := resHash(t.ID, rs.Type, rs.ID)
 	now := c.now()
-	// The claim comes first: its create fails with errConflict when the
-	// request was claimed before, which sends the caller to read the ledger.
 	le := &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
 		TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
 		Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}
-	// Mark the flight, stored together with the claim, before looking at
-	// the lock: a recovering request takes the lock before looking at
-	// flights, so one of us sees the other.
-	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now)
-	rev, err := c.ledger.put(ctx, r.key, le, 0)
+	b, err := json.Marshal(le)
+	if err != nil {
+		return fmt.Errorf("ledger encode: %w", err)
+	}
+	claim, err := c.ledger.casAsync(reqKey(r.key), b, "", 0)
+	if err != nil {
+		return err
+	}
+	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now, c.locks.get(rh))
+	rev, err := c.ledger.casEnd(ctx, claim, reqKey(r.key), b, 0)
 	if ferr == nil {
 		ferr = wait(ctx, fly)
 	}
 	if err != nil {
-		_ = c.ledger.endFlight(context.WithoutCancel(ctx), rh, r.key)
+		// A mark that was stored stays: it is read against the claim
+		// that exists (see ledger.flights).
 		return err
+	}
+	if isConflict(ferr) {
+		ferr = c.flyPastLock(ctx, r, rh, now)
 	}
 	if ferr != nil {
 		c.release(ctx, r, rev, rh)
-		return fmt.Errorf("ledger in-flight mark: %w", ferr)
-	}
-	holder, err := c.ledger.lockHolder(ctx, rh)
-	if err == nil && holder != "" && holder != r.key {
-		var stale bool
-		if stale, err = c.breakStaleLock(ctx, rh, holder); err == nil && !stale {
-			c.release(ctx, r, rev, rh)
-			return &waitErr{delay: c.backoff(int(r.delivered)), why: "another request for this template and resource is being recovered"}
+		var w *waitErr
+		if errors.As(ferr, &w) {
+			return ferr
 		}
-	}
-	if err != nil {
-		c.release(ctx, r, rev, rh)
-		return err
+		return fmt.Errorf("ledger in-flight mark: %w", ferr)
 	}
 	c.d.Hook("after-claim")
 	return c.post(ctx, r, le, rev, rh)
+}
+
+// flyPastLock writes the in-flight mark after it was refused because
+// lock.<rh> moved: it reads the lock, and writes the mark against the
+// revision read unless another request holds the lock, which makes this
+// one wait (a stale lock is broken first).
+func (c *Consumer) flyPastLock(ctx context.Context, r *request, rh string, now time.Time) error {
+	for range 3 {
+		rev, holder, err := c.ledger.lockState(ctx, rh)
+		if err != nil {
+			return err
+		}
+		if holder != "" && holder != r.key {
+			stale, err := c.breakStaleLock(ctx, rh, holder)
+			if err != nil {
+				return err
+			}
+			if !stale {
+				return &waitErr{delay: c.backoff(int(r.delivered)), why: "another request for this template and resource is being recovered"}
+			}
+			continue
+		}
+		c.locks.set(rh, rev)
+		f, err := c.ledger.startFlightAsync(rh, r.key, now, rev)
+		if err == nil {
+			err = wait(ctx, f)
+		}
+		if !isConflict(err) {
+			return err
+		}
+	}
+	return &waitErr{delay: c.backoff(int(r.delivered)), why: "the recovery lock for this template and resource keeps changing"}
 }
 
 // breakStaleLock removes lock.<rh> when its holder's request is finished or

@@ -7,7 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -58,13 +59,22 @@ type ledger struct {
 	// js publishes the writes that need no compare-and-set straight to the
 	// bucket's subjects, asynchronously, so they overlap other work.
 	js jetstream.JetStream
+	// st is the bucket's stream, read for a key's last message whatever
+	// its kind (kv.Get hides deletion markers and their revisions).
+	st jetstream.Stream
 }
+
+// jsWait bounds a wait for JetStream's acknowledgement of one write.
+const jsWait = 10 * time.Second
+
+// subject is the bucket subject of key.
+func (l ledger) subject(key string) string { return "$KV." + l.kv.Bucket() + "." + key }
 
 // writeAsync stores value under key (or deletes key when del), as
 // KeyValue.Put and Delete do, without waiting: the future resolves once
 // the bucket stored it.
 func (l ledger) writeAsync(key string, value []byte, del bool) (jetstream.PubAckFuture, error) {
-	m := nats.NewMsg("$KV." + l.kv.Bucket() + "." + key)
+	m := nats.NewMsg(l.subject(key))
 	m.Data = value
 	if del {
 		m.Header.Set("KV-Operation", "DEL")
@@ -76,28 +86,103 @@ func (l ledger) writeAsync(key string, value []byte, del bool) (jetstream.PubAck
 	return f, nil
 }
 
+// casAsync stores value under key, as KeyValue.Update does, but only if
+// the last revision of guard is rev (guard "" is key itself; rev 0: never
+// written). The bucket checks and stores in one step, so writes of several
+// requests are in flight together. It does not wait; a failed check
+// resolves the future with an error isConflict recognises.
+func (l ledger) casAsync(key string, value []byte, guard string, rev uint64) (jetstream.PubAckFuture, error) {
+	m := nats.NewMsg(l.subject(key))
+	m.Data = value
+	m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+	if guard != "" {
+		m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, l.subject(guard))
+	}
+	f, err := l.js.PublishMsgAsync(m)
+	if err != nil {
+		return nil, fmt.Errorf("ledger write %s: %w", key, err)
+	}
+	return f, nil
+}
+
+// casEnd waits for casAsync(key, value, "", rev) and returns the new
+// revision, or errConflict. A create (rev 0) that fails because the key
+// holds a deletion marker is done again over the marker, as
+// KeyValue.Create does.
+func (l ledger) casEnd(ctx context.Context, f jetstream.PubAckFuture, key string, value []byte, rev uint64) (uint64, error) {
+	n, err := waitSeq(ctx, f)
+	if err == nil {
+		return n, nil
+	}
+	if !isConflict(err) {
+		return 0, fmt.Errorf("ledger write %s: %w", key, err)
+	}
+	if rev != 0 {
+		return 0, errConflict
+	}
+	n, err = l.kv.Create(ctx, key, value)
+	if isConflict(err) {
+		return 0, errConflict
+	}
+	if err != nil {
+		return 0, fmt.Errorf("ledger write %s: %w", key, err)
+	}
+	return n, nil
+}
+
+// isConflict reports a compare-and-set that found another revision.
+func isConflict(err error) bool {
+	var ae *jetstream.APIError
+	if errors.As(err, &ae) && (ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		ae.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
 // wait waits for an asynchronous ledger write.
 func wait(ctx context.Context, f jetstream.PubAckFuture) error {
+	_, err := waitSeq(ctx, f)
+	return err
+}
+
+// waitSeq waits, at most jsWait, for an asynchronous write and returns
+// its stream sequence (the key's new revision).
+func waitSeq(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
+	t := time.NewTimer(jsWait)
+	defer t.Stop()
 	select {
-	case <-f.Ok():
-		return nil
+	case pa := <-f.Ok():
+		return pa.Sequence, nil
 	case err := <-f.Err():
-		return err
+		return 0, err
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
+	case <-t.C:
+		return 0, fmt.Errorf("no acknowledgement from JetStream within %s", jsWait)
 	}
 }
 
 func reqKey(requestKey string) string { return "req." + requestKey }
 
-var safeKey = regexp.MustCompile(`^[-_=a-zA-Z0-9]+$`)
-
-// jobKey is job.<id>, or job.h<sha256> when the id holds characters a key may not.
+// jobKey is job.<id>, or job.h<sha256> when the id holds characters a key
+// may not (anything but [-_=a-zA-Z0-9]) or is empty.
 func jobKey(jobID string) string {
-	if safeKey.MatchString(jobID) {
+	if safeKey(jobID) {
 		return "job." + jobID
 	}
 	return "job.h" + hashOf(jobID)
+}
+
+func safeKey(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '=':
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 // resHash identifies a (template, resource) pair.
@@ -139,26 +224,21 @@ func (l ledger) put(ctx context.Context, requestKey string, le *ledgerEntry, rev
 	if err != nil {
 		return 0, fmt.Errorf("ledger encode: %w", err)
 	}
-	var n uint64
-	if rev == 0 {
-		n, err = l.kv.Create(ctx, reqKey(requestKey), b)
-	} else {
-		n, err = l.kv.Update(ctx, reqKey(requestKey), b, rev)
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return 0, errConflict
-	}
+	f, err := l.casAsync(reqKey(requestKey), b, "", rev)
 	if err != nil {
-		return 0, fmt.Errorf("ledger write %s: %w", requestKey, err)
+		return 0, err
 	}
-	return n, nil
+	return l.casEnd(ctx, f, reqKey(requestKey), b, rev)
 }
 
 // own records that requestKey owns jobID. It reports false when another
 // request already owns it.
 func (l ledger) own(ctx context.Context, jobID, requestKey string) (bool, error) {
-	_, err := l.kv.Create(ctx, jobKey(jobID), []byte(requestKey))
-	if errors.Is(err, jetstream.ErrKeyExists) {
+	f, err := l.casAsync(jobKey(jobID), []byte(requestKey), "", 0)
+	if err == nil {
+		_, err = l.casEnd(ctx, f, jobKey(jobID), []byte(requestKey), 0)
+	}
+	if errors.Is(err, errConflict) {
 		e, gerr := l.kv.Get(ctx, jobKey(jobID))
 		if gerr != nil {
 			return false, fmt.Errorf("ledger owner of job %s: %w", jobID, gerr)
@@ -189,7 +269,8 @@ type flight struct {
 }
 
 func (l ledger) startFlight(ctx context.Context, res, requestKey string, at time.Time) error {
-	f, err := l.startFlightAsync(res, requestKey, at)
+	b, _ := json.Marshal(flight{At: at})
+	f, err := l.writeAsync(flyKey(res, requestKey), b, false)
 	if err == nil {
 		err = wait(ctx, f)
 	}
@@ -199,10 +280,14 @@ func (l ledger) startFlight(ctx context.Context, res, requestKey string, at time
 	return nil
 }
 
-// startFlightAsync writes the in-flight mark without waiting for it.
-func (l ledger) startFlightAsync(res, requestKey string, at time.Time) (jetstream.PubAckFuture, error) {
+// startFlightAsync writes the in-flight mark, without waiting for it, only
+// if lock.<res> is still at revision lockRev (0: never written): the mark
+// and the lock's state are checked and stored in one step, so a recovery
+// that takes the lock afterwards lists the mark, and a mark that would
+// come after the lock is refused (isConflict).
+func (l ledger) startFlightAsync(res, requestKey string, at time.Time, lockRev uint64) (jetstream.PubAckFuture, error) {
 	b, _ := json.Marshal(flight{At: at})
-	return l.writeAsync(flyKey(res, requestKey), b, false)
+	return l.casAsync(flyKey(res, requestKey), b, lockKey(res), lockRev)
 }
 
 func (l ledger) endFlight(ctx context.Context, res, requestKey string) error {
@@ -217,12 +302,10 @@ func (l ledger) endFlight(ctx context.Context, res, requestKey string) error {
 // requests that are done. A successful request leaves its mark behind (one
 // stored message less on the hot path, and a mark weighs what the deletion
 // tombstone would); the mark means "in flight" only while its request's
-// claim has no job id and no ended POST, and only for POSTTimeout.
-//
-// A mark whose claim is not stored yet is not in flight either: its
-// request reads lock.<res> only after both are stored, and the caller took
-// the lock before calling flights, so that request will see the lock and
-// back off.
+// claim has no job id and no ended POST, and only for POSTTimeout. The
+// caller holds lock.<res>, so every mark stored before it took the lock is
+// listed (ledger.startFlightAsync). Whatever cannot be read is counted as
+// in flight: a mark listed but not found, a mark without a claim.
 func (l ledger) flights(ctx context.Context, res, except string, now time.Time, postTimeout time.Duration) (map[string]time.Time, error) {
 	lister, err := l.kv.ListKeysFiltered(ctx, "fly."+res+".*")
 	if errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -241,6 +324,7 @@ func (l ledger) flights(ctx context.Context, res, except string, now time.Time, 
 		}
 		e, err := l.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			out[rk] = now
 			continue
 		}
 		if err != nil {
@@ -255,7 +339,7 @@ func (l ledger) flights(ctx context.Context, res, except string, now time.Time, 
 		if err != nil {
 			return nil, err
 		}
-		if le != nil && le.State == stateClaimed && le.JobID == "" && le.PostEndedAt == nil {
+		if le == nil || le.State == stateClaimed && le.JobID == "" && le.PostEndedAt == nil {
 			out[rk] = f.At
 			continue
 		}
@@ -277,6 +361,47 @@ func (l ledger) lockHolder(ctx context.Context, res string) (string, error) {
 		return "", fmt.Errorf("ledger recovery lock: %w", err)
 	}
 	return string(e.Value()), nil
+}
+
+// lockState returns the revision of lock.<res>'s last message (0: never
+// written) and, when that message holds the lock, its holder ("" when
+// free: released or never taken).
+func (l ledger) lockState(ctx context.Context, res string) (uint64, string, error) {
+	m, err := l.st.GetLastMsgForSubject(ctx, l.subject(lockKey(res)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, "", nil
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("ledger recovery lock: %w", err)
+	}
+	if m.Header.Get("KV-Operation") != "" { // DEL or PURGE
+		return m.Sequence, "", nil
+	}
+	return m.Sequence, string(m.Data), nil
+}
+
+// lockRevs caches the last known revision of lock.<res> per res, so a
+// fresh request guards its in-flight mark with the right revision at the
+// first try. Only locks ever taken are kept (0 is the default); a stale
+// revision costs one refused mark and one read.
+type lockRevs struct {
+	mu  sync.Mutex
+	rev map[string]uint64
+}
+
+func (c *lockRevs) get(res string) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rev[res]
+}
+
+func (c *lockRevs) set(res string, rev uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rev == nil || len(c.rev) >= 1<<16 {
+		c.rev = map[string]uint64{}
+	}
+	c.rev[res] = rev
 }
 
 // lock takes lock.<res> for requestKey; it returns the holder when another
