@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
@@ -321,7 +322,8 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	if err != nil {
 		return err
 	}
-	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now, c.locks.get(rh))
+	lockRev := c.locks.get(rh)
+	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now, lockRev)
 	rev, err := c.ledger.casEnd(ctx, claim, reqKey(r.key), b, 0)
 	if ferr == nil {
 		ferr = wait(ctx, fly)
@@ -332,7 +334,7 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 		return err
 	}
 	if isConflict(ferr) {
-		ferr = c.flyPastLock(ctx, r, rh, now)
+		ferr = c.flyPastLock(ctx, r, rh, now, lockRev)
 	}
 	if ferr != nil {
 		c.release(ctx, r, rev, rh)
@@ -346,12 +348,16 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	return c.post(ctx, r, le, rev, rh)
 }
 
-// flyPastLock writes the in-flight mark after it was refused because
-// lock.<rh> moved: it reads the lock, and writes the mark against the
+// flyPastLock writes the in-flight mark after it was refused at lock
+// revision tried because lock.<rh> moved: it reads the lock, and writes the mark against the
 // revision read unless another request holds the lock, which makes this
-// one wait (a stale lock is broken first).
-func (c *Consumer) flyPastLock(ctx context.Context, r *request, rh string, now time.Time) error {
-	for range 3 {
+// one wait (a stale lock is broken first). On a replicated bucket the check
+// is also refused while another write checked against the same lock is
+// being replicated (marks of concurrent requests for one template and
+// resource); the lock has not moved then, and the mark is tried again
+// after a few milliseconds.
+func (c *Consumer) flyPastLock(ctx context.Context, r *request, rh string, now time.Time, tried uint64) error {
+	for range 8 {
 		rev, holder, err := c.ledger.lockState(ctx, rh)
 		if err != nil {
 			return err
@@ -366,7 +372,11 @@ func (c *Consumer) flyPastLock(ctx context.Context, r *request, rh string, now t
 			}
 			continue
 		}
+		if rev == tried {
+			sleep(ctx, time.Duration(1+rand.IntN(4))*time.Millisecond)
+		}
 		c.locks.set(rh, rev)
+		tried = rev
 		f, err := c.ledger.startFlightAsync(rh, r.key, now, rev)
 		if err == nil {
 			err = wait(ctx, f)

@@ -76,7 +76,12 @@ func connect(t *testing.T, url string) *env {
 // setDurable shortens the consumer durable's ack wait and max deliver for tests.
 func setDurable(t *testing.T, js jetstream.JetStream, maxDeliver int) {
 	t.Helper()
-	for _, c := range topology.Consumers(topology.Options{Replicas: 1}) {
+	setDurableReplicas(t, js, maxDeliver, 1)
+}
+
+func setDurableReplicas(t *testing.T, js jetstream.JetStream, maxDeliver, replicas int) {
+	t.Helper()
+	for _, c := range topology.Consumers(topology.Options{Replicas: replicas}) {
 		if c.Config.Durable != schemas.DurableConsumer {
 			continue
 		}

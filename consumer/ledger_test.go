@@ -6,7 +6,10 @@ import (
 	"time"
 
 	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/natsrv"
 	"github.com/comjobs/comjobs/schemas"
+	"github.com/comjobs/comjobs/topology"
 )
 
 // testLedger is the ledger of e's bucket, as Run builds it.
@@ -122,5 +125,47 @@ func TestFreshWaitsForRecoveryLock(t *testing.T) {
 	e.drained(t, 15*time.Second)
 	if jobs := topJobs(e.sim); len(jobs) != 1 {
 		t.Fatalf("simulator holds %d jobs, want 1", len(jobs))
+	}
+}
+
+// newClusterEnv is newEnv on a 3-node cluster with every stream and bucket
+// replicated 3 times.
+func newClusterEnv(t *testing.T, maxDeliver int) *env {
+	t.Helper()
+	cl, err := natsrv.StartCluster(t.Context(), "consumer-test", 3, t.TempDir(), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Shutdown)
+	e := connect(t, cl.URLs())
+	if _, err := topology.Ensure(t.Context(), e.js, topology.Options{Replicas: 3}); err != nil {
+		t.Fatal(err)
+	}
+	setDurableReplicas(t, e.js, maxDeliver, 3)
+	e.sim = comsim.NewServer(comsim.Options{Seed: 1})
+	t.Cleanup(e.sim.Close)
+	e.simURL, e.tokenURL = e.sim.URL(), e.sim.TokenURL()
+	return e
+}
+
+// TestHotResourceOnCluster: many requests for one template and resource at
+// once on replicated buckets, where the in-flight marks' checks against the
+// same lock are refused while another is being replicated. Each request
+// still ends with exactly one job and one submitted event.
+func TestHotResourceOnCluster(t *testing.T) {
+	t.Parallel()
+	e := newClusterEnv(t, 20)
+	const n = 40
+	for i := range n {
+		e.request(t, "//test/hot", fmt.Sprint(i), "server-inventory", server1, nil)
+	}
+	cfg := testConfig(20)
+	cfg.Workers = 16
+	c, _ := e.newConsumer(t, cfg, nil)
+	run(t, c)
+	e.drained(t, 40*time.Second)
+	submittedOnce(t, e, "//test/hot", n)
+	if dl := e.deadLetters(t); len(dl) != 0 {
+		t.Errorf("%d dead letters, want none", len(dl))
 	}
 }
