@@ -58,8 +58,8 @@ type Deps struct {
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Hook, when set, is called at the named crash points "after-claim",
-	// "after-post", "after-owner", "after-ledger" and "before-ack", for
-	// crash tests.
+	// "after-post", "after-owner", "after-event", "after-ledger" and
+	// "before-ack", for crash tests.
 	Hook func(point string)
 }
 

@@ -65,7 +65,7 @@ func crashAt(t *testing.T, e *env, point string) {
 // TestCrashPoints kills a consumer process at each named point and checks
 // that a fresh consumer ends with exactly one COM job and one submitted event.
 func TestCrashPoints(t *testing.T) {
-	for _, point := range []string{"after-claim", "after-post", "after-owner", "after-ledger", "before-ack"} {
+	for _, point := range []string{"after-claim", "after-post", "after-owner", "after-event", "after-ledger", "before-ack"} {
 		t.Run(point, func(t *testing.T) {
 			t.Parallel()
 			e := newEnv(t, 20)

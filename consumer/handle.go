@@ -349,9 +349,9 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 }
 
 // flyPastLock writes the in-flight mark after it was refused at lock
-// revision tried because lock.<rh> moved: it reads the lock, and writes the mark against the
-// revision read unless another request holds the lock, which makes this
-// one wait (a stale lock is broken first). On a replicated bucket the check
+// revision tried because lock.<rh> moved: it reads the lock, and writes the
+// mark against the revision read unless another request holds the lock,
+// which makes this one wait (a stale lock is broken first). On a replicated bucket the check
 // is also refused while another write checked against the same lock is
 // being replicated (marks of concurrent requests for one template and
 // resource); the lock has not moved then, and the mark is tried again
@@ -522,6 +522,7 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 	if err != nil {
 		return fmt.Errorf("publish submitted event for job %s: %w", job.ID, err)
 	}
+	c.d.Hook("after-event")
 	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateSubmitted, job.ID, nil, nil, c.now()
 	err = c.finish(ctx, r, le, rev)
 	c.d.Hook("after-ledger")
