@@ -33,8 +33,10 @@ type Config struct {
 	// base·2^(attempt-1), capped at max, with ±20% jitter (defaults 1s, 5m).
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
-	// MaxDeliver is the delivery count at which a transient failure becomes
-	// retries-exhausted. It must match the durable's MaxDeliver (default
+	// MaxDeliver is how many transient failures of one request make it
+	// retries-exhausted. A transient failure on the durable's last delivery
+	// does too, so it must not exceed the durable's MaxDeliver, which also
+	// bounds the hand-backs that are not failures (default
 	// topology.ConsumerMaxDeliver).
 	MaxDeliver int
 	// InProgressEvery is how often a message being worked on is extended with

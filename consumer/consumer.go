@@ -81,7 +81,10 @@ type Consumer struct {
 	manualReason string
 	fault        error
 	lastProbe    time.Time
-	changed      chan struct{} // closed and replaced on every pause change
+	// probing is set while a worker holds the probe message of a
+	// configuration fault: nothing is fetched meanwhile.
+	probing bool
+	changed chan struct{} // closed and replaced on every pause change
 
 	running atomic.Bool
 }
@@ -231,7 +234,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for range c.cfg.Workers {
 		workers.Go(func() {
 			for msg := range work {
-				c.handleMsg(workCtx, msg)
+				c.handleMsg(ctx, workCtx, msg)
 			}
 		})
 	}
@@ -290,7 +293,8 @@ func handBack(work <-chan jetstream.Msg) {
 }
 
 // admit waits until submission may go on and returns how many messages to
-// fetch: FetchBatch normally, one probe while a configuration fault holds.
+// fetch: FetchBatch normally, one probe while a configuration fault holds
+// and no worker holds a probe message already.
 func (c *Consumer) admit(ctx context.Context) (int, bool) {
 	for {
 		if err := c.gate.wait(ctx, c.now); err != nil {
@@ -299,7 +303,9 @@ func (c *Consumer) admit(ctx context.Context) (int, bool) {
 		c.mu.Lock()
 		manual, fault, changed := c.manual, c.fault, c.changed
 		var probeIn time.Duration
-		if fault != nil {
+		if fault != nil && c.probing {
+			manual = true // wait for a change: the held probe resumes submission
+		} else if fault != nil {
 			probeIn = c.lastProbe.Add(c.cfg.ProbeEvery).Sub(c.now())
 			if probeIn <= 0 {
 				c.lastProbe = c.now()
@@ -330,6 +336,49 @@ func (c *Consumer) admit(ctx context.Context) (int, bool) {
 			return 1, true
 		}
 		return c.cfg.FetchBatch, true
+	}
+}
+
+// takeProbe makes the caller the holder of the configuration fault's probe
+// message, unless a probe is held already or submission is paused by hand.
+func (c *Consumer) takeProbe() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.probing || c.manual || c.fault == nil {
+		return false
+	}
+	c.probing = true
+	return true
+}
+
+// dropProbe gives the probe up and wakes the fetcher.
+func (c *Consumer) dropProbe() { c.setPause(func() { c.probing = false }) }
+
+// probeDue waits until the held probe should be handled again: the next
+// probe time under a configuration fault, or at once when the fault
+// cleared. It returns false when stop ends or submission is paused by hand.
+func (c *Consumer) probeDue(stop context.Context) bool {
+	for {
+		c.mu.Lock()
+		manual, fault, changed := c.manual, c.fault, c.changed
+		in := c.lastProbe.Add(c.cfg.ProbeEvery).Sub(c.now())
+		if fault != nil && !manual && in <= 0 {
+			c.lastProbe = c.now()
+		}
+		c.mu.Unlock()
+		switch {
+		case stop.Err() != nil || manual:
+			return false
+		case fault == nil || in <= 0:
+			return true
+		}
+		t := time.NewTimer(in)
+		select {
+		case <-t.C:
+		case <-changed:
+		case <-stop.Done():
+		}
+		t.Stop()
 	}
 }
 

@@ -157,6 +157,10 @@ func replayOne(ctx context.Context, js jetstream.JetStream, s jetstream.Stream, 
 			}
 		}
 	}
+	// The replayed request starts with no failures counted.
+	if err := l.kv.Purge(ctx, failKey(key)); err != nil {
+		return fmt.Errorf("replay %d: forget the failures: %w", m.Sequence, err)
+	}
 	out := nats.NewMsg(subject)
 	out.Header = nats.Header{}
 	for k, vs := range m.Header {

@@ -11,6 +11,7 @@
 //	fly.<resHash>.<reqKey>  a POST for a (template, resource) pair, in flight
 //	                        while the request's claim has no job id
 //	lock.<resHash>          a request recovering an unresolved claim for that pair
+//	fail.<reqKey>           how many transient failures the request met
 //
 // A request is claimed (compare-and-set) before the POST and its job id is
 // recorded after it, together with the reverse job → request key, so no
@@ -40,7 +41,15 @@
 //
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay
-// with exponential backoff and jitter (the last attempt dead-letters with
-// reason retries-exhausted); COM configuration faults pause submission,
-// fail Ready and leave the requests queued.
+// with exponential backoff and jitter, by the request's count of transient
+// failures (fail.<reqKey>), not its deliveries: hand-backs while a claim
+// is recovered, at a drain or after a crash do not lengthen the backoff.
+// The MaxDeliver-th failure dead-letters with reason retries-exhausted, as
+// does the durable's MaxDeliver (the outer net; the MAX_DELIVERIES
+// advisory covers deliveries the handler never finished). COM
+// configuration faults pause submission, fail Ready and leave the requests
+// queued: nothing is fetched while paused but one probe, which a worker
+// holds with InProgress and handles again every ProbeEvery, so a long
+// outage spends no deliveries; the probe is handed back (one delivery) at
+// shutdown or a pause by hand.
 package consumer

@@ -58,7 +58,7 @@ func (w *waitErr) Error() string { return "wait " + w.delay.String() + ": " + w.
 
 // action is what is done with a message once handled.
 type action struct {
-	kind  int // actAck, actNak, actTerm
+	kind  int // actAck, actNak, actTerm, actConfig
 	delay time.Duration
 }
 
@@ -66,14 +66,20 @@ const (
 	actAck = iota
 	actNak
 	actTerm
+	// actConfig: a COM configuration fault paused submission. The message
+	// is held as the probe (see holdProbe) or handed back.
+	actConfig
 )
 
 // seqKey is the key of a request without a usable identity.
 func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 10)) }
 
 // handleMsg handles one fetched message to its end: Ack, NakWithDelay or
-// Term. It keeps the message alive with InProgress while it works.
-func (c *Consumer) handleMsg(ctx context.Context, msg jetstream.Msg) {
+// Term. It keeps the message alive with InProgress while it works, and
+// while it holds the message as the probe of a configuration fault, which
+// it does until the fault clears, a manual pause, or stop ends (Run's
+// context: the probe is then handed back).
+func (c *Consumer) handleMsg(stop, ctx context.Context, msg jetstream.Msg) {
 	c.m.requests.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
@@ -85,9 +91,17 @@ func (c *Consumer) handleMsg(ctx context.Context, msg jetstream.Msg) {
 		seq: meta.Sequence.Stream, delivered: meta.NumDelivered}
 	log := c.log.With("seq", d.seq, "subject", d.subject, "delivery", d.delivered)
 
-	stop := c.keepAlive(msg)
+	stopKeepAlive := c.keepAlive(msg)
 	act := c.process(ctx, d, log)
-	stop()
+	if act.kind == actConfig && c.takeProbe() {
+		act = c.holdProbe(stop, ctx, d, log)
+	}
+	stopKeepAlive()
+	if act.kind == actConfig {
+		// Another worker holds the probe: this one comes back once
+		// submission resumes (nothing is fetched while paused).
+		act = action{kind: actNak, delay: c.cfg.ProbeEvery}
+	}
 
 	switch act.kind {
 	case actAck:
@@ -103,6 +117,28 @@ func (c *Consumer) handleMsg(ctx context.Context, msg jetstream.Msg) {
 		c.m.retries.Inc()
 		if err := msg.NakWithDelay(act.delay); err != nil {
 			log.Warn("nak failed: JetStream redelivers after the ack wait", "err", err)
+		}
+	}
+}
+
+// holdProbe keeps a message whose handling met a COM configuration fault
+// and handles it again each time a probe is due, so a long outage spends
+// no deliveries: the message stays queued, as the design says a
+// configuration fault must leave it, and never nears MaxDeliver. It
+// returns the last action, or actConfig when the probe is handed back
+// (stop ended, or submission was paused by hand). The caller owns the
+// probe (takeProbe); holdProbe gives it up.
+func (c *Consumer) holdProbe(stop, ctx context.Context, d delivery, log *slog.Logger) action {
+	defer c.dropProbe()
+	log.Info("holding the request as the probe of the COM configuration fault")
+	for {
+		if !c.probeDue(stop) {
+			log.Info("handing the probe back")
+			return action{kind: actConfig}
+		}
+		act := c.process(ctx, d, log)
+		if act.kind != actConfig {
+			return act
 		}
 	}
 }
@@ -154,19 +190,27 @@ func (c *Consumer) process(ctx context.Context, d delivery, log *slog.Logger) ac
 		return c.rejectAction(ctx, r, rej, err)
 	case com.IsConfig(err):
 		c.configFault(err)
-		return action{kind: actNak, delay: c.cfg.ProbeEvery}
+		return action{kind: actConfig}
 	case ctx.Err() != nil:
 		r.log.Info("stopped while handling: handing back", "err", err)
 		return action{kind: actNak, delay: c.cfg.BackoffBase}
-	case d.delivered >= uint64(c.cfg.MaxDeliver):
-		rej := schemas.Reject(schemas.ReasonRetriesExhausted, "",
-			"gave up after %d deliveries; last failure: %v", d.delivered, err)
-		return c.rejectAction(ctx, r, rej, err)
-	default:
-		delay := c.backoff(int(d.delivered))
-		r.log.Warn("transient failure: retrying later", "err", err, "delay", delay)
-		return action{kind: actNak, delay: delay}
 	}
+	failures, ferr := c.ledger.failed(ctx, r.key)
+	if ferr != nil {
+		// Unknown count: back off by deliveries, which is never shorter.
+		r.log.Warn("could not count the failure in the ledger", "err", ferr)
+		failures = int(d.delivered)
+	}
+	if (ferr == nil && failures >= c.cfg.MaxDeliver) || d.delivered >= uint64(c.cfg.MaxDeliver) {
+		// The second test is the durable's MaxDeliver: JetStream would not
+		// deliver the message again.
+		rej := schemas.Reject(schemas.ReasonRetriesExhausted, "",
+			"gave up after %d failures in %d deliveries; last failure: %v", failures, d.delivered, err)
+		return c.rejectAction(ctx, r, rej, err)
+	}
+	delay := c.backoff(failures)
+	r.log.Warn("transient failure: retrying later", "err", err, "failures", failures, "delay", delay)
+	return action{kind: actNak, delay: delay}
 }
 
 func (c *Consumer) rejectAction(ctx context.Context, r *request, rej *schemas.Rejection, cause error) action {

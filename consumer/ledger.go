@@ -165,6 +165,31 @@ func waitSeq(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
 
 func reqKey(requestKey string) string { return "req." + requestKey }
 
+// failKey is fail.<requestKey>: how many transient failures the request met.
+func failKey(requestKey string) string { return "fail." + requestKey }
+
+// failed adds one to the request's count of transient failures and returns
+// the new count. Only failures are counted, not deliveries: hand-backs,
+// drains and crashes do not make a request back off longer or give up
+// sooner. It is written on the failure path only; the bucket's TTL removes
+// it, and a replay of the request from the dead letters deletes it.
+func (l ledger) failed(ctx context.Context, requestKey string) (int, error) {
+	n := 0
+	e, err := l.kv.Get(ctx, failKey(requestKey))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return 0, fmt.Errorf("ledger read %s: %w", failKey(requestKey), err)
+	default:
+		n, _ = strconv.Atoi(string(e.Value()))
+	}
+	n++
+	if _, err := l.kv.Put(ctx, failKey(requestKey), []byte(strconv.Itoa(n))); err != nil {
+		return 0, fmt.Errorf("ledger write %s: %w", failKey(requestKey), err)
+	}
+	return n, nil
+}
+
 // jobKey is job.<id>, or job.h<sha256> when the id holds characters a key
 // may not (anything but [-_=a-zA-Z0-9]) or is empty.
 func jobKey(jobID string) string {
