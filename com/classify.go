@@ -49,7 +49,13 @@ func classifyResponse(op string, resp *http.Response, body []byte, now time.Time
 	switch {
 	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code == http.StatusTooEarly || code >= 500:
 		e.Kind = KindTransient
-		e.RetryAfter = retryAfter(resp.Header, now)
+		if code == http.StatusTooManyRequests {
+			e.RetryAfter = retryAfter(resp.Header, now)
+		} else {
+			// COM sends ratelimit-* on every answer: the window's reset is
+			// no reason to wait after a 5xx. Only an explicit Retry-After is.
+			e.RetryAfter = retryAfterHeader(resp.Header, now)
+		}
 	case code == http.StatusUnauthorized:
 		e.Kind = KindConfig
 		e.Message = "COM refused a freshly obtained token (check credentials, workspace and region); " + e.Message
@@ -142,6 +148,16 @@ const maxPause = 10 * time.Minute
 // reset, or a Unix time if larger than 10^9). Header names match in any case
 // (net/http canonicalises them). Zero if none is usable; capped at 10 minutes.
 func retryAfter(h http.Header, now time.Time) time.Duration {
+	d := retryAfterHeader(h, now)
+	if d <= 0 {
+		d = min(max(resetIn(h, now), 0), maxPause)
+	}
+	return d
+}
+
+// retryAfterHeader reads Retry-After alone (seconds or an HTTP date); zero
+// if absent or unusable; capped at 10 minutes.
+func retryAfterHeader(h http.Header, now time.Time) time.Duration {
 	var d time.Duration
 	if v := strings.TrimSpace(h.Get("Retry-After")); v != "" {
 		if n, err := strconv.ParseFloat(v, 64); err == nil && n > 0 {
@@ -149,9 +165,6 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 		} else if t, err := http.ParseTime(v); err == nil {
 			d = t.Sub(now)
 		}
-	}
-	if d <= 0 {
-		d = resetIn(h, now)
 	}
 	return min(max(d, 0), maxPause)
 }

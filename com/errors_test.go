@@ -44,6 +44,8 @@ func TestErrorClassification(t *testing.T) {
 		{"503 COM body", 503, "application/json", strings.Replace(comErrorBody, "%d", "503", 1), nil, com.KindTransient, "HPE-GL-COMPUTE_OPS-0500001", "", 0, 3},
 		{"429 ratelimit-reset", 429, "application/json", `{"message":"Too many requests"}`, map[string]string{"ratelimit-reset": "0.05", "ratelimit-remaining": "0"}, com.KindTransient, "", "", 50 * time.Millisecond, 3},
 		{"429 X-RateLimit-Reset upper case", 429, "", "", map[string]string{"X-RATELIMIT-RESET": "0.05"}, com.KindTransient, "", "", 50 * time.Millisecond, 3},
+		{"500 with the window's ratelimit-reset is no pause", 500, "", "", map[string]string{"ratelimit-reset": "45", "ratelimit-remaining": "80"}, com.KindTransient, "", "", 0, 3},
+		{"503 Retry-After is honoured", 503, "", "", map[string]string{"Retry-After": "0.02", "ratelimit-reset": "45"}, com.KindTransient, "", "", 20 * time.Millisecond, 3},
 		{"429 Retry-After wins", 429, "", "", map[string]string{"Retry-After": "0.02", "ratelimit-reset": "9"}, com.KindTransient, "", "", 20 * time.Millisecond, 3},
 		{"body with control characters", 400, "text/plain", "line1\r\nX-Evil: 1\x00\x1b[31m", nil, com.KindRejected, "", "line1  X-Evil: 1", 0, 1},
 	}
