@@ -73,7 +73,7 @@ func TestErrorClassification(t *testing.T) {
 			if tt.errorCode != "" && e.DebugID != "dbg-42" {
 				t.Errorf("debugId %q", e.DebugID)
 			}
-			if tt.retryAfter != 0 && e.RetryAfter != tt.retryAfter {
+			if e.RetryAfter != tt.retryAfter {
 				t.Errorf("RetryAfter %v, want %v", e.RetryAfter, tt.retryAfter)
 			}
 			if len(e.Message) > 260 {
