@@ -201,6 +201,33 @@ func TestPauseResume(t *testing.T) {
 	}
 }
 
+// TestPauseStopsAFetchInFlight: a request that arrives while a fetch
+// started before `comjobs pause` is still waiting must not be submitted.
+func TestPauseStopsAFetchInFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	ctx := t.Context()
+	cfg := testConfig(20)
+	cfg.FetchWait = 3 * time.Second // the fetch outlives the pause
+	c, _ := e.newConsumer(t, cfg, nil)
+	run(t, c)
+	time.Sleep(300 * time.Millisecond) // the fetch loop is waiting for messages
+	if err := Pause(ctx, e.js, "maintenance"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
+	e.request(t, "//test/pause-race", "0", "server-power-on", server1, nil)
+	time.Sleep(time.Second) // the waiting fetch returns the request
+	if got := len(topJobs(e.sim)); got != 0 {
+		t.Fatalf("%d jobs created after the pause", got)
+	}
+	if err := Resume(ctx, e.js); err != nil {
+		t.Fatal(err)
+	}
+	e.drained(t, 10*time.Second)
+	submittedOnce(t, e, "//test/pause-race", 1)
+}
+
 // TestConfigFault: COM refusing the credentials pauses submission, fails
 // readiness, keeps the request queued, and resumes once COM accepts again.
 func TestConfigFault(t *testing.T) {

@@ -90,6 +90,13 @@ func (c *Consumer) handleMsg(stop, ctx context.Context, msg jetstream.Msg) {
 	d := delivery{subject: msg.Subject(), header: msg.Headers(), data: msg.Data(),
 		seq: meta.Sequence.Stream, delivered: meta.NumDelivered}
 	log := c.log.With("seq", d.seq, "subject", d.subject, "delivery", d.delivered)
+	if c.pausedByHand() {
+		// Fetched just before `comjobs pause` took effect: nothing is
+		// submitted after a pause, so it goes back to the queue.
+		log.Info("submission paused by hand: handing back")
+		_ = msg.NakWithDelay(c.cfg.ProbeEvery)
+		return
+	}
 
 	stopKeepAlive := c.keepAlive(msg)
 	act := c.process(ctx, d, log)
@@ -681,4 +688,11 @@ func (c *Consumer) publish(ctx context.Context, subject string, e event.Event, m
 		return err
 	}
 	return c.await(ctx, f)
+}
+
+// pausedByHand reports whether `comjobs pause` is in force.
+func (c *Consumer) pausedByHand() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.manual
 }
