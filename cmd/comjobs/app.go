@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,6 +46,8 @@ type infra struct {
 	com      *com.Client
 	// simContact is the file telling local commands where the simulator is.
 	simContact string
+	// unlock releases DATA_DIR for another embedded server.
+	unlock func()
 }
 
 // infraOptions say what to start when settings leave it open.
@@ -86,8 +89,13 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 		}
 		dir := filepath.Join(cfg.DataDir, "nats")
 		if err := os.MkdirAll(dir, 0o750); err != nil {
-			return nil, fmt.Errorf("data dir: %w", err)
+			return nil, fmt.Errorf("settings: COMJOBS_DATA_DIR: %w", err)
 		}
+		unlock, err := lockDataDir(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		in.unlock = unlock
 		s, err := natsrv.Start(natsrv.Options{Name: "comjobs", Host: host, Port: port, StoreDir: dir, Logger: logger})
 		if err != nil {
 			return nil, fmt.Errorf("embedded NATS on %s: %w", cfg.NATSListen, err)
@@ -98,7 +106,8 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 			fmt.Fprintf(o.banner, "comjobs: embedded NATS JetStream server at %s (data in %s)\n", url, dir)
 		}
 	} else if url == "" {
-		url = nats.DefaultURL
+		// The embedded server of a local `comjobs run` listens here.
+		url = "nats://" + cfg.NATSListen
 	}
 	nopts := []nats.Option{
 		nats.Name("comjobs"),
@@ -204,6 +213,27 @@ func (in *infra) Close() {
 	if in.embedded != nil {
 		in.embedded.Stop()
 	}
+	if in.unlock != nil {
+		in.unlock()
+	}
+}
+
+// lockDataDir takes an exclusive lock on DATA_DIR, so that two embedded
+// servers never share one JetStream store.
+func lockDataDir(dir string) (func(), error) {
+	path := filepath.Join(dir, "LOCK")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("settings: COMJOBS_DATA_DIR: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("settings: COMJOBS_DATA_DIR: %s is in use by another comjobs (choose another COMJOBS_DATA_DIR, or set COMJOBS_NATS_URL to use that one's server)", dir)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }
 
 func redactURL(u string) string {
@@ -257,7 +287,7 @@ func (r *readiness) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 }
 
 // serveHTTP runs the health, metrics and webhook listener until ctx ends.
-func serveHTTP(ctx context.Context, addr string, mux *http.ServeMux, logger *slog.Logger, bound chan<- string) error {
+func serveHTTP(ctx context.Context, addr string, mux *http.ServeMux, paths string, logger *slog.Logger, bound chan<- string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("settings: COMJOBS_HTTP_ADDR: listen %s: %w", addr, err)
@@ -268,7 +298,7 @@ func serveHTTP(ctx context.Context, addr string, mux *http.ServeMux, logger *slo
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	logger.Info("HTTP listening", "addr", ln.Addr().String(), "paths", "/healthz /readyz /metrics /webhooks/com")
+	logger.Info("HTTP listening", "addr", ln.Addr().String(), "paths", paths)
 	select {
 	case err := <-errc:
 		return err

@@ -3,7 +3,9 @@ package main
 import (
 	"flag"
 	"io"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -41,4 +43,27 @@ func TestParseInterspersed(t *testing.T) {
 	if _, err := parseInterspersed(fs, []string{"a", "--nope"}); err == nil {
 		t.Fatal("an unknown flag after a positional argument must be an error")
 	}
+}
+
+// TestDataDirInUse: a second embedded server on the same DATA_DIR is
+// refused (two JetStream servers must never share one store).
+func TestDataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	port := -1
+	cfg := Config{DataDir: dir, NATSListen: "127.0.0.1:4222"}
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	first, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	if err == nil || !strings.Contains(err.Error(), "COMJOBS_DATA_DIR") || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second server on the same data dir: want an error naming COMJOBS_DATA_DIR, got %v", err)
+	}
+	first.Close()
+	again, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	again.Close()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -415,6 +416,10 @@ func demoNotified(ctx context.Context, in *infra) map[string][]string {
 		if json.Unmarshal(e.Value(), &r) == nil && r.Posted {
 			out[r.JobID] = append(out[r.JobID], r.Kind)
 		}
+	}
+	order := map[string]int{"submitted": 0, "running": 1, "overdue": 2, "stalled": 3, "stalled-reminder": 4, "stalled-resolved": 5, "terminal": 6, "rejected": 7}
+	for _, kinds := range out {
+		sort.SliceStable(kinds, func(i, j int) bool { return order[kinds[i]] < order[kinds[j]] })
 	}
 	return out
 }

@@ -25,7 +25,7 @@ func connect(ctx context.Context, env *Env) (*infra, error) {
 
 func cmdPause(ctx context.Context, env *Env, args []string) error {
 	fs := newFlags(env, "pause", "pause [--reason text]")
-	reason := fs.String("reason", "paused by hand", "why submission is paused (shown by /readyz and logs)")
+	reason := fs.String("reason", "paused by hand", "why submission is paused (logged by every consumer; the comjobs_consumer_paused metric reads 1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func cmdDLQ(ctx context.Context, env *Env, args []string) error {
 		tw := tabwriter.NewWriter(env.Stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tAGE\tROLE\tREASON\tSUBJECT\tMESSAGE")
 		for _, d := range dls {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", d.Seq, d.Age.Round(time.Second), d.Role, d.Reason, d.Subject, truncate(d.Message, 100))
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", d.Seq, d.Age.Round(time.Second), d.Role, d.Reason, d.Subject, truncate(strings.TrimPrefix(d.Message, d.Reason+": "), 100))
 		}
 		return tw.Flush()
 	default:
@@ -265,11 +265,11 @@ func describeEvent(e event.Event) string {
 	ts := e.Time().Format("15:04:05.000")
 	switch e.Type() {
 	case schemas.TypeRejected:
-		return fmt.Sprintf("%s  REJECTED    %-12s request %s: %s", ts, d.Reason, ext(e, schemas.ExtRequestID), truncate(d.Message, 120))
+		return fmt.Sprintf("%s  REJECTED         %-12s request %s: %s", ts, d.Reason, ext(e, schemas.ExtRequestID), truncate(d.Message, 120))
 	case schemas.TypeOverdue:
-		return fmt.Sprintf("%s  OVERDUE     %-36s %s on %s still %s after %s", ts, d.JobID, d.Template.Slug, d.Resource.ID, d.State, d.Threshold)
+		return fmt.Sprintf("%s  OVERDUE          %-36s %s on %s still %s after %s", ts, d.JobID, d.Template.Slug, d.Resource.ID, d.State, d.Threshold)
 	case schemas.TypeSubmitted:
-		return fmt.Sprintf("%s  SUBMITTED   %-36s %s on %s", ts, d.JobID, d.Template.Slug, d.Resource.ID)
+		return fmt.Sprintf("%s  SUBMITTED        %-36s %s on %s", ts, d.JobID, d.Template.Slug, d.Resource.ID)
 	default:
 		state := d.State
 		if d.ResultCode != nil {
@@ -279,7 +279,7 @@ func describeEvent(e event.Event) string {
 		if d.Previous != nil {
 			prev = *d.Previous
 		}
-		return fmt.Sprintf("%s  %-11s %-36s %s on %s (was %s)", ts, state, d.JobID, d.Template.Slug, d.Resource.ID, prev)
+		return fmt.Sprintf("%s  %-16s %-36s %s on %s (was %s)", ts, state, d.JobID, d.Template.Slug, d.Resource.ID, prev)
 	}
 }
 

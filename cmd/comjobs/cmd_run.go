@@ -217,7 +217,11 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		start(roleNotifier, s.notifier.Run)
 	}
 	if cfg.HTTPAddr != "" {
-		start("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPAddr, mux, logger, o.httpBound) })
+		paths := "/healthz /readyz /metrics"
+		if s.tracker != nil && cfg.WebhookSecret != "" {
+			paths += " /webhooks/com"
+		}
+		start("http", func(ctx context.Context) error { return serveHTTP(ctx, cfg.HTTPAddr, mux, paths, logger, o.httpBound) })
 	}
 	var names []string
 	for r := range roles {

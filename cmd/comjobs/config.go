@@ -101,7 +101,7 @@ func unsetEmpty() func() {
 func describeEnvconfigError(err error) string {
 	var pe *envconfig.ParseError
 	if errors.As(err, &pe) {
-		return fmt.Sprintf("%s_%s: cannot use %q as %s (%v)", envPrefix, pe.KeyName, pe.Value, pe.TypeName, pe.Err)
+		return fmt.Sprintf("%s: cannot use %q as %s (%v)", pe.KeyName, pe.Value, pe.TypeName, pe.Err)
 	}
 	return err.Error()
 }
@@ -121,7 +121,7 @@ func loadSecretFiles(cfg *Config) error {
 			continue
 		}
 		if v.Field(i).String() != "" {
-			return fmt.Errorf("settings: %s and %s are both set: use one", strings.TrimSuffix(name, "_FILE"), name)
+			return fmt.Errorf("settings: %s: %s is set too: use one of them", name, strings.TrimSuffix(name, "_FILE"))
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {

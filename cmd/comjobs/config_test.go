@@ -74,7 +74,7 @@ func TestSettingsErrors(t *testing.T) {
 			if code != 2 {
 				t.Fatalf("exit code %d, want 2; stderr: %s", code, msg)
 			}
-			if !strings.Contains(msg, tc.wantVar) {
+			if !strings.Contains(msg, "settings: "+tc.wantVar+":") {
 				t.Errorf("message %q does not name %s", msg, tc.wantVar)
 			}
 			if tc.wantText != "" && !strings.Contains(msg, tc.wantText) {

@@ -88,10 +88,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stderr)
 		return 2
 	}
-	// submit and tail, and jobs and dlq after their subcommand, print their
-	// flags and the settings themselves; `jobs --help` and `dlq --help` land here.
-	ownHelp := name == "submit" || name == "tail" || ((name == "jobs" || name == "dlq") && !(len(args) > 1 && wantsHelp(args[1:2])))
-	if wantsHelp(args[1:]) && !ownHelp {
+	help := wantsHelp(args[1:])
+	// `jobs --help` and `dlq --help` name no subcommand: the command's
+	// summary and the settings. Every other --help reaches the command's
+	// own flag set, which prints its flags and the settings.
+	if help && (name == "jobs" || name == "dlq") && (len(args) < 2 || strings.HasPrefix(args[1], "-")) {
 		fmt.Fprintf(stdout, "comjobs %s — %s\n\nSettings (environment):\n", name, cmd.summary)
 		PrintSettings(stdout)
 		return 0
@@ -100,14 +101,19 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if name != "version" && name != "templates" {
 		var err error
 		cfg, err = LoadConfig()
-		if err != nil {
+		if err != nil && !help {
 			fmt.Fprintln(stderr, "comjobs:", err)
 			return 2
 		}
-	} else {
+	}
+	if cfg.LogFormat == "" {
 		cfg.LogFormat, cfg.LogLevel = "text", "info"
 	}
-	env := &Env{Config: cfg, Logger: newLogger(stderr, cfg.LogFormat, cfg.LogLevel), Stdout: stdout, Stderr: stderr}
+	errOut := stderr
+	if help {
+		errOut = stdout // usage is the answer, not an error
+	}
+	env := &Env{Config: cfg, Logger: newLogger(stderr, cfg.LogFormat, cfg.LogLevel), Stdout: stdout, Stderr: errOut}
 	err := cmd.run(ctx, env, args[1:])
 	if err == nil {
 		return 0
@@ -180,7 +186,11 @@ func newFlags(env *Env, name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-func cmdVersion(_ context.Context, env *Env, _ []string) error {
+func cmdVersion(_ context.Context, env *Env, args []string) error {
+	fs := newFlags(env, "version", "version")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	fmt.Fprintln(env.Stdout, "comjobs", version)
 	return nil
 }
