@@ -28,6 +28,7 @@ import (
 	"github.com/comjobs/comjobs/natsrv"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
 	"github.com/comjobs/comjobs/publisher"
+	"github.com/comjobs/comjobs/requestcases"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
 	"github.com/comjobs/comjobs/tracker"
@@ -461,7 +462,7 @@ type pubItem struct {
 
 // publishPlan interleaves the valid requests with the hostile cases (spread
 // evenly) and republishes some valid requests a little later.
-func publishPlan(valid []validRequest, hostile []requestCase, seed uint64) []pubItem {
+func publishPlan(valid []validRequest, hostile []requestcases.Case, seed uint64) []pubItem {
 	rng := rand.New(rand.NewPCG(seed, 0x9ab))
 	var plan []pubItem
 	every := max(1, len(valid)/(len(hostile)+1))
@@ -492,7 +493,7 @@ func publishPlan(valid []validRequest, hostile []requestCase, seed uint64) []pub
 // request key); republications go raw without Nats-Msg-Id, so only the
 // ledger stops a second job; hostile cases go raw with a Nats-Msg-Id of
 // their own, and their stream sequences are recorded.
-func publishAll(ctx context.Context, js jetstream.JetStream, logger *slog.Logger, plan []pubItem, valid []validRequest, hostile []requestCase, hostileSeq []uint64) error {
+func publishAll(ctx context.Context, js jetstream.JetStream, logger *slog.Logger, plan []pubItem, valid []validRequest, hostile []requestcases.Case, hostileSeq []uint64) error {
 	pub := publisher.New(js, logger)
 	retry := func(what string, f func(context.Context) error) error {
 		var err error
@@ -516,7 +517,7 @@ func publishAll(ctx context.Context, js jetstream.JetStream, logger *slog.Logger
 		case it.hostile >= 0:
 			c := hostile[it.hostile]
 			err := retry(c.Name, func(ctx context.Context) error {
-				m := c.msg()
+				m := c.Msg()
 				m.Header.Set(jetstream.MsgIDHeader, "chaos-"+c.Name)
 				ack, err := js.PublishMsg(ctx, m)
 				if err == nil {

@@ -18,13 +18,14 @@ import (
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/consumer"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
+	"github.com/comjobs/comjobs/requestcases"
 	"github.com/comjobs/comjobs/schemas"
 )
 
 // checkInput is the final record of a run.
 type checkInput struct {
 	valid      []validRequest
-	hostile    []requestCase
+	hostile    []requestcases.Case
 	hostileSeq []uint64
 	events     []evRec
 	sim        []comsim.JobRecord

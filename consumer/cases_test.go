@@ -1,70 +1,22 @@
 package consumer
 
 import (
-	"bufio"
 	"encoding/json"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/comjobs/comjobs/requestcases"
 	"github.com/comjobs/comjobs/schemas"
 )
 
-// requestCase is one line of requests.jsonl.
-type requestCase struct {
-	Name    string            `json:"name"`
-	Subject string            `json:"subject"`
-	Headers map[string]string `json:"headers"`
-	Data    json.RawMessage   `json:"data"`
-	Body    *string           `json:"body"`
-	Expect  struct {
-		Outcome string `json:"outcome"`
-		Reason  string `json:"reason"`
-	} `json:"expect"`
-}
-
-// identity is the case's (source, id), from headers or a structured body.
-func (c requestCase) identity() (string, string) {
-	src, id := c.Headers["ce-source"], c.Headers["ce-id"]
-	if src == "" && id == "" {
-		var s struct{ Source, ID string }
-		if c.Body != nil {
-			_ = json.Unmarshal([]byte(*c.Body), &s)
-		} else {
-			_ = json.Unmarshal(c.Data, &s)
-		}
-		src, id = s.Source, s.ID
-	}
-	return src, id
-}
-
-func loadCases(t *testing.T) []requestCase {
+// loadCases reads the shared cases, or the package's copy of them.
+func loadCases(t *testing.T) []requestcases.Case {
 	t.Helper()
-	path := "../../shared/cases/requests.jsonl"
-	if _, err := os.Stat(path); err != nil {
-		path = "testdata/cases.jsonl"
-	}
-	f, err := os.Open(path)
+	cs, err := requestcases.Load(requestcases.SharedOr("testdata/cases.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var out []requestCase
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		var c requestCase
-		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		t.Fatalf("%s: no cases", path)
-	}
-	return out
+	return cs
 }
 
 // TestCases replays every request case and checks its outcome: one job and
@@ -75,16 +27,7 @@ func TestCases(t *testing.T) {
 	cases := loadCases(t)
 	seqs := make([]uint64, len(cases))
 	for i, c := range cases {
-		m := nats.NewMsg(c.Subject)
-		for k, v := range c.Headers {
-			m.Header.Set(k, v)
-		}
-		if c.Body != nil {
-			m.Data = []byte(*c.Body)
-		} else {
-			m.Data = c.Data
-		}
-		ack, err := e.js.PublishMsg(t.Context(), m)
+		ack, err := e.js.PublishMsg(t.Context(), c.Msg())
 		if err != nil {
 			t.Fatalf("%s: publish: %v", c.Name, err)
 		}
@@ -111,7 +54,7 @@ func TestCases(t *testing.T) {
 	wantJobs := 0
 	for i, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
-			src, id := c.identity()
+			src, id := c.Identity()
 			seq := seqs[i]
 			switch c.Expect.Outcome {
 			case "submitted":

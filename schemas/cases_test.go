@@ -1,8 +1,6 @@
 package schemas_test
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -10,78 +8,23 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/comjobs/comjobs/cenats"
+	"github.com/comjobs/comjobs/requestcases"
 	"github.com/comjobs/comjobs/schemas"
 )
 
-// requestCase is one line of a request-case file (see ../shared/cases/README.md).
-type requestCase struct {
-	Name    string            `json:"name"`
-	Subject string            `json:"subject"`
-	Headers map[string]string `json:"headers"`
-	Data    json.RawMessage   `json:"data"`
-	Body    *string           `json:"body"`
-	Expect  struct {
-		Outcome string `json:"outcome"`
-		Reason  string `json:"reason"`
-		// Message, in our own cases, is a prefix the rejection's message must have.
-		Message string `json:"message"`
-	} `json:"expect"`
-}
-
-func (c requestCase) message() (nats.Header, []byte) {
-	h := nats.Header{}
-	for k, v := range c.Headers {
-		h[k] = []string{v}
-	}
-	if c.Body != nil {
-		return h, []byte(*c.Body)
-	}
-	return h, c.Data
-}
-
-// caseFiles are the shared cases when the shared folder is there (a
-// checkout inside the project's workspace), else the copy in testdata, plus
-// our own.
+// caseFiles are the shared cases when the workspace has them, else the
+// copy in testdata, plus our own.
 func caseFiles(t *testing.T) []string {
 	t.Helper()
-	shared := filepath.Join("testdata", "cases.jsonl")
-	for _, p := range []string{"/work/shared/cases/requests.jsonl", filepath.Join("..", "..", "shared", "cases", "requests.jsonl")} {
-		if _, err := os.Stat(p); err == nil {
-			shared = p
-			break
-		}
-	}
-	return []string{shared, filepath.Join("testdata", "extra.jsonl")}
+	return []string{requestcases.SharedOr(filepath.Join("testdata", "cases.jsonl")), filepath.Join("testdata", "extra.jsonl")}
 }
 
-func readCases(t *testing.T, path string) []requestCase {
+func readCases(t *testing.T, path string) []requestcases.Case {
 	t.Helper()
-	f, err := os.Open(path)
+	cs, err := requestcases.Load(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer f.Close()
-	var cs []requestCase
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		if strings.TrimSpace(sc.Text()) == "" {
-			continue
-		}
-		var c requestCase
-		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		cs = append(cs, c)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(cs) == 0 {
-		t.Fatalf("%s: no cases", path)
 	}
 	return cs
 }
@@ -100,7 +43,8 @@ func TestRequestCases(t *testing.T) {
 	for _, file := range caseFiles(t) {
 		for _, c := range readCases(t, file) {
 			t.Run(c.Name, func(t *testing.T) {
-				h, body := c.message()
+				m := c.Msg()
+				h, body := m.Header, m.Data
 				e, err := cenats.Decode(h, body, cenats.DecodeOptions{})
 				var res *schemas.Resolved
 				if err == nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -29,6 +28,7 @@ import (
 	"github.com/comjobs/comjobs/com/comsim"
 	"github.com/comjobs/comjobs/natsrv"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
+	"github.com/comjobs/comjobs/requestcases"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
 )
@@ -409,19 +409,9 @@ func poll(ctx context.Context, wake <-chan struct{}, cond func() string) string 
 	}
 }
 
-// requestCase is one line of requests.jsonl.
+// requestCase is one line of requests.jsonl and what publishing it gave.
 type requestCase struct {
-	Name    string            `json:"name"`
-	Subject string            `json:"subject"`
-	Headers map[string]string `json:"headers"`
-	Data    json.RawMessage   `json:"data"`
-	Body    *string           `json:"body"`
-	Expect  struct {
-		Outcome string `json:"outcome"`
-		Reason  string `json:"reason"`
-	} `json:"expect"`
-
-	// Filled when published.
+	requestcases.Case
 	key string // request key, "" when the message names no id or source
 	seq uint64 // stream sequence (0 for a duplicate the stream dropped)
 }
@@ -430,34 +420,14 @@ type requestCase struct {
 // package's copy.
 func loadCases(t *testing.T) ([]*requestCase, string) {
 	t.Helper()
-	path := filepath.Join("..", "..", "..", "shared", "cases", "requests.jsonl")
-	if _, err := os.Stat(path); err != nil {
-		path = filepath.Join("testdata", "cases.jsonl")
-	}
-	f, err := os.Open(path)
+	path := requestcases.SharedOr(filepath.Join("testdata", "cases.jsonl"))
+	cs, err := requestcases.Load(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	var cases []*requestCase
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" {
-			continue
-		}
-		c := &requestCase{}
-		if err := json.Unmarshal([]byte(line), c); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		cases = append(cases, c)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(cases) == 0 {
-		t.Fatalf("%s: no cases", path)
+	cases := make([]*requestCase, len(cs))
+	for i, c := range cs {
+		cases[i] = &requestCase{Case: c}
 	}
 	return cases, path
 }
@@ -465,22 +435,8 @@ func loadCases(t *testing.T) ([]*requestCase, string) {
 // message builds the NATS message of a case and its request key (from the
 // ce- headers, or the body in structured mode).
 func (c *requestCase) message() (*nats.Msg, string) {
-	m := nats.NewMsg(c.Subject)
-	for k, v := range c.Headers {
-		m.Header[k] = []string{v}
-	}
-	if c.Body != nil {
-		m.Data = []byte(*c.Body)
-	} else {
-		m.Data = c.Data
-	}
-	id, source := c.Headers["ce-id"], c.Headers["ce-source"]
-	if id == "" && source == "" && strings.HasPrefix(c.Headers["content-type"], "application/cloudevents+json") {
-		var body struct{ ID, Source string }
-		if json.Unmarshal(m.Data, &body) == nil {
-			id, source = body.ID, body.Source
-		}
-	}
+	m := c.Msg()
+	source, id := c.Identity()
 	if id == "" || source == "" {
 		return m, ""
 	}
