@@ -11,16 +11,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/comjobs/comjobs/natsrv"
+	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/notify"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
-	"github.com/comjobs/comjobs/topology"
 )
 
 // env is an embedded JetStream server with the comjobs topology.
@@ -34,29 +32,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv, err := natsrv.Start(natsrv.Options{Name: "notify-test", Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := t.Context()
-	if _, err := topology.Ensure(ctx, js, topology.Options{Replicas: 1}); err != nil {
-		t.Fatal(err)
-	}
+	nt := natstest.Start(t)
+	js, ctx := nt.JS, t.Context()
 	kv, err := js.KeyValue(ctx, schemas.BucketNotified)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, js: js, pub: publisher.New(js, nil), kv: kv, url: srv.ClientURL()}
+	return &env{t: t, js: js, pub: publisher.New(js, nil), kv: kv, url: nt.URL}
 }
 
 // logBuf is a goroutine-safe log capture.

@@ -13,10 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/comjobs/comjobs/cenats"
-	"github.com/comjobs/comjobs/natsrv"
+	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
-	"github.com/comjobs/comjobs/topology"
 )
 
 // env is an embedded JetStream server with the comjobs topology.
@@ -27,26 +26,8 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	s, err := natsrv.Start(natsrv.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := topology.Ensure(ctx, js, topology.Options{Replicas: 1}); err != nil {
-		t.Fatal(err)
-	}
-	return &env{nc: nc, js: js}
+	nt := natstest.Start(t)
+	return &env{nc: nt.Conn, js: nt.JS}
 }
 
 // lastMsg reads the newest message on subject, raw.

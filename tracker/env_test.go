@@ -21,10 +21,9 @@ import (
 	"github.com/comjobs/comjobs/cenats"
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
-	"github.com/comjobs/comjobs/natsrv"
+	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
-	"github.com/comjobs/comjobs/topology"
 	"github.com/comjobs/comjobs/tracker"
 )
 
@@ -53,30 +52,15 @@ func newEnv(t testing.TB, version string, simOpts comsim.Options) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	ns, err := natsrv.Start(natsrv.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Stop)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := topology.Ensure(ctx, js, topology.Options{Replicas: 1}); err != nil {
-		t.Fatal(err)
-	}
+	nt := natstest.Start(t)
+	js := nt.JS
 	if simOpts.Timing.PendingFor == 0 {
 		simOpts.Timing = comsim.Timing{PendingFor: 150 * time.Millisecond, RunFor: 300 * time.Millisecond, ApprovalFor: 400 * time.Millisecond}
 	}
 	simOpts.Seed = 1
 	sim := comsim.NewServer(simOpts)
 	t.Cleanup(sim.Close)
-	e := &env{t: t, ctx: ctx, url: ns.ClientURL(), js: js, sim: sim, log: testLogger(t)}
+	e := &env{t: t, ctx: ctx, url: nt.URL, js: js, sim: sim, log: testLogger(t)}
 	e.com = e.client(version)
 	e.pub = publisher.New(js, e.log)
 	return e
