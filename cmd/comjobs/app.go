@@ -84,6 +84,9 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 		if perr != nil {
 			return nil, fmt.Errorf("settings: COMJOBS_NATS_LISTEN: bad port %q", portStr)
 		}
+		if port == 0 {
+			port = -1 // nats-server takes 0 as its default, 4222; here 0 means any free port
+		}
 		if o.natsPort != nil {
 			port = *o.natsPort
 		}

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseInterspersed(t *testing.T) {
@@ -66,4 +70,31 @@ func TestDataDirInUse(t *testing.T) {
 		t.Fatalf("after the first closed: %v", err)
 	}
 	again.Close()
+}
+
+// TestRoleFailureStopsTheService: a part that cannot run (here the HTTP
+// listener, its port taken) stops the whole process with an error naming
+// the setting, instead of leaving it half up.
+func TestRoleFailureStopsTheService(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("COMJOBS_DATA_DIR", t.TempDir())
+	t.Setenv("COMJOBS_NATS_LISTEN", "127.0.0.1:0")
+	t.Setenv("COMJOBS_HTTP_ADDR", ln.Addr().String())
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := Main(ctx, []string{"run"}, &stdout, &stderr)
+	if code == 0 {
+		t.Fatal("run with its HTTP port taken exited 0")
+	}
+	if ctx.Err() != nil {
+		t.Fatal("run did not stop by itself")
+	}
+	if !strings.Contains(stderr.String(), "COMJOBS_HTTP_ADDR") {
+		t.Fatalf("the error does not name COMJOBS_HTTP_ADDR:\n%s", stderr.String())
+	}
 }

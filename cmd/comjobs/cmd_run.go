@@ -200,10 +200,14 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		go func() {
 			defer s.wg.Done()
 			if err := run(rctx); err != nil && !errors.Is(err, context.Canceled) {
-				logger.Error("role stopped with an error", "role", name, "err", err)
+				logger.Error("role stopped with an error: stopping the others", "role", name, "err", err)
 				s.errMu.Lock()
 				s.errs = append(s.errs, fmt.Errorf("%s: %w", name, err))
 				s.errMu.Unlock()
+				// A process missing one of its roles would look healthy
+				// while doing less than asked: stop, exit non-zero, and let
+				// the supervisor restart it.
+				s.cancel()
 			}
 		}()
 	}

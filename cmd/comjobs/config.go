@@ -25,7 +25,7 @@ const envPrefix = "COMJOBS"
 type Config struct {
 	NATSURL    string `envconfig:"NATS_URL" desc:"NATS server URL(s), comma-separated; empty starts an embedded JetStream server"`
 	NATSCreds  string `envconfig:"NATS_CREDS" desc:"NATS credentials file (user JWT + nkey seed)"`
-	NATSListen string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"listen address of the embedded NATS server"`
+	NATSListen string `envconfig:"NATS_LISTEN" default:"127.0.0.1:4222" desc:"listen address of the embedded NATS server (port 0: any free port)"`
 	DataDir    string `envconfig:"DATA_DIR" default:"./comjobs-data" desc:"where the embedded NATS server keeps its JetStream data"`
 	Replicas   int    `envconfig:"REPLICAS" default:"1" desc:"replicas of streams and buckets created by setup (1, or 3 on a cluster)"`
 
