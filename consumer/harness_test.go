@@ -20,7 +20,7 @@ import (
 	"github.com/comjobs/comjobs/cenats"
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
-	"github.com/comjobs/comjobs/natsrv"
+	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
@@ -42,16 +42,7 @@ type env struct {
 
 func newEnv(t *testing.T, maxDeliver int) *env {
 	t.Helper()
-	srv, err := natsrv.Start(natsrv.Options{Port: -1, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Stop)
-	e := connect(t, srv.ClientURL())
-	ctx := t.Context()
-	if _, err := topology.Ensure(ctx, e.js, topology.Options{Replicas: 1}); err != nil {
-		t.Fatal(err)
-	}
+	e := connect(t, natstest.Start(t).URL)
 	setDurable(t, e.js, maxDeliver)
 	e.sim = comsim.NewServer(comsim.Options{Seed: 1})
 	t.Cleanup(e.sim.Close)
