@@ -55,8 +55,6 @@ type infraOptions struct {
 	// embedNATS: start an embedded server when NATS_URL is empty (run, demo);
 	// otherwise an empty NATS_URL means nats://127.0.0.1:4222.
 	embedNATS bool
-	// natsPort overrides the embedded server's port (-1: any free port).
-	natsPort *int
 	// simulate: start the COM simulator when COM_BASE_URL is empty.
 	simulate bool
 	// simOptions for a started simulator.
@@ -86,9 +84,6 @@ func openInfra(ctx context.Context, cfg Config, logger *slog.Logger, o infraOpti
 		}
 		if port == 0 {
 			port = -1 // nats-server takes 0 as its default, 4222; here 0 means any free port
-		}
-		if o.natsPort != nil {
-			port = *o.natsPort
 		}
 		dir := filepath.Join(cfg.DataDir, "nats")
 		if err := os.MkdirAll(dir, 0o750); err != nil {

@@ -53,19 +53,18 @@ func TestParseInterspersed(t *testing.T) {
 // refused (two JetStream servers must never share one store).
 func TestDataDirInUse(t *testing.T) {
 	dir := t.TempDir()
-	port := -1
-	cfg := Config{DataDir: dir, NATSListen: "127.0.0.1:4222"}
+	cfg := Config{DataDir: dir, NATSListen: "127.0.0.1:0"}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	first, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	first, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	_, err = openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true})
 	if err == nil || !strings.Contains(err.Error(), "COMJOBS_DATA_DIR") || !strings.Contains(err.Error(), "in use") {
 		t.Fatalf("second server on the same data dir: want an error naming COMJOBS_DATA_DIR, got %v", err)
 	}
 	first.Close()
-	again, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true, natsPort: &port})
+	again, err := openInfra(t.Context(), cfg, logger, infraOptions{embedNATS: true})
 	if err != nil {
 		t.Fatalf("after the first closed: %v", err)
 	}

@@ -215,7 +215,7 @@ func cmdDemo(ctx context.Context, env *Env, args []string) error {
 	cfg := env.Config
 	cfg.NATSURL, cfg.COMBaseURL, cfg.DataDir = "", "", dir
 	cfg.SlackToken, cfg.SlackWebhookURL = "", ""
-	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.HTTPAddr, cfg.NATSListen = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.PollInterval = 250 * time.Millisecond
 	cfg.ShutdownTimeout = 15 * time.Second
 	denv := *env
@@ -229,12 +229,11 @@ func cmdDemo(ctx context.Context, env *Env, args []string) error {
 	if *quiet {
 		notes = io.Discard
 	}
-	port := -1
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	start := time.Now()
 	svc, err := startService(sctx, &denv, map[string]bool{roleConsumer: true, roleTracker: true, roleNotifier: true}, serviceOptions{
-		infra:   infraOptions{embedNATS: true, natsPort: &port, simulate: true, needCOM: true, simOptions: comsim.Options{Seed: 1}},
+		infra:   infraOptions{embedNATS: true, simulate: true, needCOM: true, simOptions: comsim.Options{Seed: 1}},
 		console: notes,
 	})
 	if err != nil {
