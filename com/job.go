@@ -50,12 +50,10 @@ type wireResource struct {
 // never panics, whatever the input.
 func DecodeJob(body []byte) (*Job, error) {
 	var w wireJob
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&w); err != nil {
+	// Unmarshal, not a Decoder: it refuses trailing data too, without a
+	// second buffer for a body already in memory.
+	if err := json.Unmarshal(body, &w); err != nil {
 		return nil, fmt.Errorf("decode job: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("decode job: trailing data after the job object")
 	}
 	if w.ID == nil || *w.ID == "" {
 		return nil, errors.New("decode job: no id")

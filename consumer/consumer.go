@@ -35,6 +35,7 @@ type COM interface {
 // *publisher.Publisher satisfies it.
 type Publisher interface {
 	PublishAsync(subject string, e event.Event, msgID string) (jetstream.PubAckFuture, error)
+	PublishCheckedAsync(subject string, e event.Event, msgID string) (jetstream.PubAckFuture, error)
 }
 
 // Validator checks a decoded request against the contract;

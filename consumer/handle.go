@@ -562,11 +562,15 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 		return fmt.Errorf("job %s is owned by another request", job.ID)
 	}
 	c.d.Hook("after-owner")
-	data, err := json.Marshal(jobEvent(job, r.res, c.now()))
+	je := jobEvent(job, r.res, c.now())
+	if err := je.Check(); err != nil {
+		return fmt.Errorf("submitted event for job %s: %w", job.ID, err)
+	}
+	data, err := json.Marshal(je)
 	if err != nil {
 		return fmt.Errorf("encode job event: %w", err)
 	}
-	f, err := c.startSubmitted(r, le.TemplateID, job.ID, data)
+	f, err := c.startSubmitted(r, le.TemplateID, job.ID, data, true)
 	if err == nil {
 		err = c.await(ctx, f)
 	}
@@ -584,7 +588,7 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 // written as "created" (by earlier versions) and marks the request
 // submitted. Its dedupe id makes a repeat harmless.
 func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
-	f, err := c.startSubmitted(r, le.TemplateID, le.JobID, le.Event)
+	f, err := c.startSubmitted(r, le.TemplateID, le.JobID, le.Event, false)
 	if err == nil {
 		err = c.await(ctx, f)
 	}
@@ -596,8 +600,10 @@ func (c *Consumer) publishSubmitted(ctx context.Context, r *request, le *ledgerE
 }
 
 // startSubmitted publishes the submitted event for jobID, whose data is
-// data, asynchronously.
-func (c *Consumer) startSubmitted(r *request, templateID, jobID string, data []byte) (jetstream.PubAckFuture, error) {
+// data, asynchronously. checked says data was built from a
+// schemas.JobEvent whose Check passed; otherwise the publisher checks it
+// against the JSON Schema.
+func (c *Consumer) startSubmitted(r *request, templateID, jobID string, data []byte, checked bool) (jetstream.PubAckFuture, error) {
 	slug := "unknown"
 	if t, ok := com.Lookup(templateID); ok {
 		slug = t.Slug
@@ -606,6 +612,9 @@ func (c *Consumer) startSubmitted(r *request, templateID, jobID string, data []b
 	e, err := publisher.NewEvent(schemas.TypeSubmitted, eventSource, id, jobID, data, requestRef(r))
 	if err != nil {
 		return nil, fmt.Errorf("submitted event: %w", err)
+	}
+	if checked {
+		return c.d.Publisher.PublishCheckedAsync(schemas.SubmittedSubject(slug), e, id)
 	}
 	return c.d.Publisher.PublishAsync(schemas.SubmittedSubject(slug), e, id)
 }

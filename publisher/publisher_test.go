@@ -1,6 +1,7 @@
 package publisher_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -442,5 +443,53 @@ func TestNewEvent(t *testing.T) {
 	}
 	if _, err := publisher.NewEvent("com.example.unknown", "s", "i", "", nil, publisher.RequestRef{}); err == nil {
 		t.Error("unknown event type accepted")
+	}
+}
+
+// TestPublishCheckedAsync: the same message as PublishAsync (headers, data,
+// dedupe), and the same refusals of the envelope and the Nats-Msg-Id.
+func TestPublishCheckedAsync(t *testing.T) {
+	env := newEnv(t)
+	p := publisher.New(env.js, nil)
+	ctx := ctxT(t)
+	e := stateChanged(t, "checked", 1, "PENDING", false, publisher.RequestRef{ID: "r", Source: "//s"})
+	subject := schemas.StateSubject("PENDING", "server-power-off")
+	for i, publish := range []func() (jetstream.PubAckFuture, error){
+		func() (jetstream.PubAckFuture, error) { return p.PublishCheckedAsync(subject, e, e.ID()) },
+		func() (jetstream.PubAckFuture, error) { return p.PublishAsync(subject, e, e.ID()) },
+	} {
+		f, err := publish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case ack := <-f.Ok():
+			if ack.Duplicate != (i == 1) {
+				t.Errorf("publish %d: duplicate = %v (the second is the same message)", i, ack.Duplicate)
+			}
+		case err := <-f.Err():
+			t.Fatal(err)
+		}
+	}
+	m, err := env.js.Stream(ctx, schemas.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := m.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := cenats.Encode(subject, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(raw.Data, want.Data) || raw.Header.Get("ce-id") != e.ID() || raw.Header.Get(jetstream.MsgIDHeader) != e.ID() {
+		t.Errorf("stored %q %v, want the event's encoding %q", raw.Data, raw.Header, want.Data)
+	}
+	if _, err := p.PublishCheckedAsync(subject, e, ""); err == nil {
+		t.Error("published without a Nats-Msg-Id")
+	}
+	if _, err := p.PublishCheckedAsync(subject, event.New(), "x"); err == nil {
+		t.Error("published an invalid envelope")
 	}
 }

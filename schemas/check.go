@@ -1,0 +1,46 @@
+package schemas
+
+import "time"
+
+// Check reports whether e, once encoded with encoding/json, satisfies the
+// data schema of comjobs.job.submitted and comjobs.job.state-changed
+// (schemas/json), without encoding and parsing it: the Go type fixes every
+// field's JSON type and presence, so only the schemas' value rules remain
+// (jobId and state not empty, a kebab-case slug, a generation of at least
+// zero, times RFC 3339 can write). TestJobEventCheckAgreesWithSchema holds
+// Check to the JSON Schema's verdict, so a schema change that Check misses
+// fails the build. It returns nil or a *Rejection naming the field.
+//
+// The consumer's hot path uses it instead of the JSON Schema, which costs
+// a parse into maps and a walk (about a tenth of the pipeline's CPU).
+func (e *JobEvent) Check() error {
+	switch {
+	case e.JobID == "":
+		return Reject(ReasonInvalidEvent, "data.jobId", "data.jobId: must not be empty")
+	case e.State == "":
+		return Reject(ReasonInvalidEvent, "data.state", "data.state: must not be empty")
+	case !isSlug(e.Template.Slug):
+		return Reject(ReasonInvalidEvent, "data.template.slug", "data.template.slug: must match ^[a-z0-9-]+$, got %q", e.Template.Slug)
+	case e.Generation < 0:
+		return Reject(ReasonInvalidEvent, "data.generation", "data.generation: must be at least 0, got %d", e.Generation)
+	}
+	for _, t := range []struct {
+		field string
+		at    time.Time
+	}{{"data.createdAt", e.CreatedAt}, {"data.updatedAt", e.UpdatedAt}, {"data.observedAt", e.ObservedAt}} {
+		if y := t.at.Year(); y < 0 || y > 9999 {
+			return Reject(ReasonInvalidEvent, t.field, "%s: year %d is outside RFC 3339", t.field, y)
+		}
+	}
+	return nil
+}
+
+// isSlug reports whether s matches ^[a-z0-9-]+$.
+func isSlug(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return s != ""
+}
