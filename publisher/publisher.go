@@ -183,11 +183,7 @@ func (p *Publisher) PublishAsync(subject string, e event.Event, msgID string) (j
 	if err != nil {
 		return nil, err
 	}
-	f, err := p.js.PublishMsgAsync(msg)
-	if err != nil {
-		return nil, fmt.Errorf("publish %s %q to %s: %w", e.Type(), e.ID(), subject, err)
-	}
-	return f, nil
+	return p.sendAsync(msg, e)
 }
 
 // PublishCheckedAsync is PublishAsync for an event whose data the caller
@@ -200,9 +196,14 @@ func (p *Publisher) PublishCheckedAsync(subject string, e event.Event, msgID str
 	if err != nil {
 		return nil, err
 	}
+	return p.sendAsync(msg, e)
+}
+
+// sendAsync publishes the encoded e without waiting.
+func (p *Publisher) sendAsync(msg *nats.Msg, e event.Event) (jetstream.PubAckFuture, error) {
 	f, err := p.js.PublishMsgAsync(msg)
 	if err != nil {
-		return nil, fmt.Errorf("publish %s %q to %s: %w", e.Type(), e.ID(), subject, err)
+		return nil, fmt.Errorf("publish %s %q to %s: %w", e.Type(), e.ID(), msg.Subject, err)
 	}
 	return f, nil
 }
