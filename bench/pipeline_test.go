@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,17 +48,33 @@ func pipelineRows(t *testing.T, sz sizes) []row {
 	plain := plainQueue(t, s, "BENCH_PLAIN", msgs)
 	floor := floorQueue(t, s, "BENCH_FLOOR", msgs, tpl, sz.workers)
 	p := pipeline(t, s, sz, msgs, ids)
+	perReq := func(cpu time.Duration) string { return fmt.Sprintf("%.0f µs", float64(cpu.Microseconds())/float64(n)) }
 
 	workers := fmt.Sprintf("%d workers", sz.workers)
 	return []row{
 		{fmt.Sprintf("pipeline: %d requests → COM job + submitted event", n), rate(n, p.elapsed) + " (" + workers + ")",
 			"(a) plain work queue " + rate(n, plain), ratio(plain, p.elapsed)},
-		{"", "", "(b) pull, POST, ack " + rate(n, floor) + " (" + workers + ")", ratio(floor, p.elapsed)},
+		{"", "", "(b) pull, POST, ack " + rate(n, floor.elapsed) + " (" + workers + ")", ratio(floor.elapsed, p.elapsed)},
+		{"pipeline: CPU per request, whole process (NATS server, simulator, client)", perReq(p.cpu),
+			"(b) " + perReq(floor.cpu), ratio(floor.cpu, p.cpu)},
 		{"pipeline: publish → submitted event p50 / p99", ms(p.lat.quantile(0.5)) + " / " + ms(p.lat.quantile(0.99)),
 			"all published at once: the queue's wait is included", ""},
 		{"pipeline: COM calls per submitted request", fmt.Sprintf("%.3f", float64(p.calls)/float64(n)),
 			"1 POST (b)", fmt.Sprintf("%.2f", float64(p.calls)/float64(n))},
 	}
+}
+
+// phase is a reference run: wall time, and the test process's CPU time
+// (user + system, every goroutine: server, simulator and client) over it.
+type phase struct{ elapsed, cpu time.Duration }
+
+// selfCPU is the test process's user + system CPU time so far.
+func selfCPU(t *testing.T) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // ratio is comjobs' rate over the reference's: reference time / comjobs time.
@@ -174,7 +191,7 @@ func plainQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg) time.Dura
 // floorQueue is reference (b), the floor of the consumer's job: pull, one
 // raw POST of the v1 create body with a bearer token, ack, with workers
 // goroutines.
-func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.Template, workers int) time.Duration {
+func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.Template, workers int) phase {
 	cons, subject := workQueue(t, s, name)
 	_, js := connect(t, s.url)
 	defer profile(t, "floor")()
@@ -223,7 +240,7 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 		})
 	}
 	defer func() { close(work); wg.Wait() }()
-	start := time.Now()
+	start, cpu0 := time.Now(), selfCPU(t)
 	cons2, err := cons.Consume(func(m jetstream.Msg) { work <- m }, jetstream.PullMaxMessages(1024))
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +252,7 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 	waitDone(t, done, "floor reference", func() string {
 		return fmt.Sprintf("%d of %d acked, %d POSTs failed", acked.Load(), n, failed.Load())
 	})
-	return time.Since(start)
+	return phase{elapsed: time.Since(start), cpu: selfCPU(t) - cpu0}
 }
 
 func waitDone(t *testing.T, done <-chan struct{}, what string, state func() string) {
@@ -249,6 +266,7 @@ func waitDone(t *testing.T, done <-chan struct{}, what string, state func() stri
 
 type pipelineResult struct {
 	elapsed time.Duration
+	cpu     time.Duration // the whole test process's CPU over elapsed
 	lat     latencies
 	calls   int
 }
@@ -309,7 +327,7 @@ func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string
 	stop := runBG(t, "consumer", c.Run)
 	defer stop()
 	_, js := connect(t, s.url)
-	start := time.Now()
+	start, cpu0 := time.Now(), selfCPU(t)
 	if err := publishAll(t.Context(), js, msgs, "", func(i int) {
 		mu.Lock()
 		published[i] = time.Now()
@@ -322,7 +340,7 @@ func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string
 		defer mu.Unlock()
 		return fmt.Sprintf("%d of %d submitted", submitted, n)
 	})
-	res.elapsed = time.Since(start)
+	res.elapsed, res.cpu = time.Since(start), selfCPU(t)-cpu0
 	res.calls, _ = comCalls(s.sim)
 	stop()
 	// Correctness, never speed: each request made exactly one COM job.
