@@ -186,11 +186,12 @@ func (p *Publisher) PublishAsync(subject string, e event.Event, msgID string) (j
 	return p.sendAsync(msg, e)
 }
 
-// PublishCheckedAsync is PublishAsync for an event whose data the caller
-// built from a schemas type and checked with that type's Check method
-// (schemas.JobEvent.Check), which a test holds to the JSON Schema's
-// verdict: the data is not parsed against the schema again. Everything
-// else (encoding, Nats-Msg-Id, the future) is as PublishAsync.
+// PublishCheckedAsync is PublishAsync for a submitted or state-changed
+// event whose data the caller encoded from a schemas.JobEvent that passed
+// its Check method, which a test holds to the JSON Schema's verdict: the
+// data is not parsed against the schema again, whatever WithoutDataCheck
+// says. Use it for nothing else. Everything else (encoding, Nats-Msg-Id,
+// the future) is as PublishAsync.
 func (p *Publisher) PublishCheckedAsync(subject string, e event.Event, msgID string) (jetstream.PubAckFuture, error) {
 	msg, err := p.encode(subject, e, msgID)
 	if err != nil {

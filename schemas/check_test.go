@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -44,8 +45,12 @@ func TestJobEventCheckAgreesWithSchema(t *testing.T) {
 		"null optional fields": func(e *JobEvent) {
 			e.PreviousState, e.ParentJobID, e.ResultCode, e.Labels, e.Notify = nil, nil, nil, nil, nil
 		},
-		"status details object": func(e *JobEvent) { e.StatusDetails = json.RawMessage(`{"k":[1,2]}`) },
-		"empty strings allowed": func(e *JobEvent) { e.JobURI, e.Status, e.Template.ID, e.Resource.ID = "", "", "", "" },
+		"status details object":   func(e *JobEvent) { e.StatusDetails = json.RawMessage(`{"k":[1,2]}`) },
+		"status details not JSON": func(e *JobEvent) { e.StatusDetails = json.RawMessage(`{`) },
+		"zone offset 24h":         func(e *JobEvent) { e.CreatedAt = e.CreatedAt.In(time.FixedZone("", 24*3600)) },
+		"zone offset -24h":        func(e *JobEvent) { e.UpdatedAt = e.UpdatedAt.In(time.FixedZone("", -24*3600)) },
+		"zone offset 23:59:59":    func(e *JobEvent) { e.UpdatedAt = e.UpdatedAt.In(time.FixedZone("", 24*3600-1)) },
+		"empty strings allowed":   func(e *JobEvent) { e.JobURI, e.Status, e.Template.ID, e.Resource.ID = "", "", "", "" },
 	}
 	for name, mutate := range cases {
 		e := base()
@@ -68,7 +73,8 @@ func TestJobEventCheckAgreesWithSchema(t *testing.T) {
 		e.Template.Slug = pick("az09-A _é\t", 4)
 		e.Generation = int64(rng.IntN(7)) - 3
 		e.CreatedAt = time.Date(rng.IntN(20002)-10001, 1, 1, 0, 0, 0, 0, time.UTC)
-		agree(t, v, "random "+string(rune('0'+i%10)), &e)
+		e.ObservedAt = e.ObservedAt.In(time.FixedZone("", rng.IntN(4*24*3600)-2*24*3600))
+		agree(t, v, fmt.Sprintf("random %d", i), &e)
 	}
 }
 
