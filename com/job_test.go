@@ -79,6 +79,9 @@ func TestDecodeJob(t *testing.T) {
 		{"html", `<html><body>Bad gateway</body></html>`, com.Job{}, true},
 		{"empty", ``, com.Job{}, true},
 		{"trailing garbage", `{"id": "a"} {"id": "b"}`, com.Job{}, true},
+		{"trailing bracket", `{"id": "a"}]`, com.Job{}, true},
+		{"trailing brace", `{"id": "a"}}`, com.Job{}, true},
+		{"trailing newline", "{\"id\": \"a\"}\n", com.Job{ID: "a"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
