@@ -227,22 +227,6 @@ func (l *latencies) len() int {
 	return len(l.d)
 }
 
-// eventually polls cond until it holds or within passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s (%s)", what, within, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // runBG runs fn(ctx) in a goroutine until the returned stop is called;
 // stop cancels and waits, and reports fn's error.
 func runBG(t testing.TB, what string, fn func(context.Context) error) (stop func()) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/notify"
 	notifyslack "github.com/comjobs/comjobs/notify/slack"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
@@ -143,7 +144,7 @@ func notifyRows(t *testing.T, sz sizes) []row {
 	}
 	stop := runBG(t, "notifier", n.Run)
 	defer stop()
-	eventually(t, time.Minute, "notifier ready", func() (bool, string) {
+	poll.Until(t, time.Minute, "notifier ready", func() (bool, string) {
 		err := n.Ready()
 		return err == nil, fmt.Sprint(err)
 	})
@@ -164,7 +165,7 @@ func notifyRows(t *testing.T, sz sizes) []row {
 		t.Fatal(err)
 	}
 	// Done once every lone job has its message and every group its digest.
-	eventually(t, 10*time.Minute, "every event posted or digested", func() (bool, string) {
+	poll.Until(t, 10*time.Minute, "every event posted or digested", func() (bool, string) {
 		lone, digests := 0, 0
 		for _, p := range rec.all() {
 			switch {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/tracker"
@@ -44,7 +45,7 @@ const trackTemplate = "server-power-on"
 
 // trackTiming is the tracker's poll interval and list margin in the
 // measured runs; everything else is the tracker's default.
-func trackTiming() (poll, margin time.Duration) {
+func trackTiming() (interval, margin time.Duration) {
 	if *full {
 		return 2 * time.Second, 5 * time.Second
 	}
@@ -61,7 +62,7 @@ func TestTrackerProcess(t *testing.T) {
 	if url == "" {
 		return
 	}
-	poll, _ := time.ParseDuration(os.Getenv(envTrackerPoll))
+	interval, _ := time.ParseDuration(os.Getenv(envTrackerPoll))
 	margin, _ := time.ParseDuration(os.Getenv(envTrackerLMarg))
 	_, js := connect(t, url)
 	c, err := com.NewClient(com.Config{
@@ -73,7 +74,7 @@ func TestTrackerProcess(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector())
-	tr, err := tracker.New(tracker.Config{Instance: "bench", PollInterval: poll, ListMargin: margin},
+	tr, err := tracker.New(tracker.Config{Instance: "bench", PollInterval: interval, ListMargin: margin},
 		tracker.Deps{JS: js, COM: c, Publisher: publisher.New(js, discard), Logger: discard, Registry: reg})
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func TestTrackerProcess(t *testing.T) {
 	defer func() { _ = hs.Close() }()
 	stop := runBG(t, "tracker", tr.Run)
 	defer stop()
-	eventually(t, time.Minute, "tracker ready", func() (bool, string) {
+	poll.Until(t, time.Minute, "tracker ready", func() (bool, string) {
 		err := tr.Ready()
 		return err == nil && tr.Leading(), fmt.Sprint(err)
 	})
@@ -110,10 +111,10 @@ type trackerProc struct {
 
 func startTracker(t *testing.T, s *stack) *trackerProc {
 	t.Helper()
-	poll, margin := trackTiming()
+	interval, margin := trackTiming()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestTrackerProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envTrackerNATS+"="+s.url, envTrackerSim+"="+s.sim.URL(),
-		envTrackerToken+"="+s.sim.TokenURL(), envTrackerPoll+"="+poll.String(), envTrackerLMarg+"="+margin.String())
+		envTrackerToken+"="+s.sim.TokenURL(), envTrackerPoll+"="+interval.String(), envTrackerLMarg+"="+margin.String())
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -233,7 +234,7 @@ func (p *trackerProc) status(t *testing.T, field string) float64 {
 
 // trackingRows measures row 2 for n jobs in flight (v1).
 func trackingRows(t *testing.T, n int) []row {
-	poll, margin := trackTiming()
+	interval, margin := trackTiming()
 	s := newStack(t, comsim.Options{Seed: 1, Timing: comsim.Timing{PendingFor: 24 * time.Hour, RunFor: 24 * time.Hour, ApprovalFor: 24 * time.Hour}})
 	tpl, _ := com.Lookup(trackTemplate)
 	p := startTracker(t, s)
@@ -269,18 +270,18 @@ func trackingRows(t *testing.T, n int) []row {
 	if err := pub.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Minute, "every job tracked and observed", func() (bool, string) {
+	poll.Until(t, 15*time.Minute, "every job tracked and observed", func() (bool, string) {
 		got := p.metric(t, `comjobs_tracker_jobs{state="PENDING"}`)
 		return got >= float64(n), fmt.Sprintf("%.0f of %d observed", got, n)
 	})
 	setup := time.Since(start)
 	// Let the watermark pass the jobs' creation, so the idle window is idle.
-	time.Sleep(margin + 2*poll)
+	time.Sleep(margin + 2*interval)
 
 	// Idle: nothing changes for a few cycles.
 	idle := window(t, p, s, func() {
 		if *profileDir != "" {
-			p.saveProfile(t, fmt.Sprintf("profile?seconds=%d", int((3*poll).Seconds())), fmt.Sprintf("tracker-%d-idle-cpu", n))
+			p.saveProfile(t, fmt.Sprintf("profile?seconds=%d", int((3*interval).Seconds())), fmt.Sprintf("tracker-%d-idle-cpu", n))
 		}
 		waitCycles(t, p, 3)
 	})
@@ -307,7 +308,7 @@ func trackingRows(t *testing.T, n int) []row {
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	busy := window(t, p, s, func() {
-		spread := 3 * poll / time.Duration(m)
+		spread := 3 * interval / time.Duration(m)
 		for _, id := range ids[:m] {
 			mu.Lock()
 			changed[id] = time.Now()
@@ -317,7 +318,7 @@ func trackingRows(t *testing.T, n int) []row {
 			}
 			time.Sleep(spread)
 		}
-		eventually(t, 5*time.Minute, "running events", func() (bool, string) {
+		poll.Until(t, 5*time.Minute, "running events", func() (bool, string) {
 			got := lat.len()
 			return got >= m, fmt.Sprintf("%d of %d", got, m)
 		})
@@ -329,14 +330,14 @@ func trackingRows(t *testing.T, n int) []row {
 	p.stop()
 
 	rows := []row{
-		{fmt.Sprintf("tracking %d jobs (v1, poll %s): COM calls per cycle, idle", n, poll), fmt.Sprintf("%.2f", idle.perCycle()),
+		{fmt.Sprintf("tracking %d jobs (v1, poll %s): COM calls per cycle, idle", n, interval), fmt.Sprintf("%.2f", idle.perCycle()),
 			fmt.Sprintf("one GET per job: %d", n), fmt.Sprintf("%.0fx fewer", float64(n)/max(idle.perCycle(), 0.01))},
 		{fmt.Sprintf("tracking %d jobs: COM calls per cycle, %d changing", n, m), fmt.Sprintf("%.2f", busy.perCycle()),
 			fmt.Sprintf("one GET per job: %d", n), fmt.Sprintf("%.0fx fewer", float64(n)/max(busy.perCycle(), 0.01))},
 		{fmt.Sprintf("tracking %d jobs: state change → event p50 / p99", n), ms(lat.quantile(0.5)) + " / " + ms(lat.quantile(0.99)),
-			"target ≤ poll interval + 1 s = " + ms(poll+time.Second), ""},
+			"target ≤ poll interval + 1 s = " + ms(interval+time.Second), ""},
 		{fmt.Sprintf("tracking %d jobs: tracker CPU per cycle, idle / changing", n), ms(idle.cpuPerCycle()) + " / " + ms(busy.cpuPerCycle()),
-			"poll interval " + ms(poll), ""},
+			"poll interval " + ms(interval), ""},
 		{fmt.Sprintf("tracking %d jobs: tracker memory", n), fmt.Sprintf("RSS %.0f MiB (peak %.0f), heap in use %.0f MiB", rss, hwm, heap),
 			"target < 300 MB RSS at 100,000", ""},
 		{fmt.Sprintf("tracking %d jobs: set-up (announce and first observation)", n), fmt.Sprintf("%.1f s", setup.Seconds()), "", ""},
@@ -372,7 +373,7 @@ func window(t *testing.T, p *trackerProc, s *stack, act func()) measured {
 func waitCycles(t *testing.T, p *trackerProc, k float64) {
 	t.Helper()
 	c0 := p.cycles(t)
-	eventually(t, time.Minute, "poll cycles", func() (bool, string) {
+	poll.Until(t, time.Minute, "poll cycles", func() (bool, string) {
 		c := p.cycles(t)
 		return c >= c0+k, fmt.Sprintf("%.0f of %.0f", c-c0, k)
 	})

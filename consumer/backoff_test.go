@@ -13,6 +13,7 @@ import (
 
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -46,7 +47,7 @@ func TestLongConfigFaultKeepsRequestQueued(t *testing.T) {
 	c, _ := e.newConsumer(t, cfg, func(d *Deps) { d.COM = sw })
 	run(t, c)
 	e.request(t, "//test/long-config", "0", "server-power-on", server1, nil)
-	eventually(t, 10*time.Second, "paused by the fault", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "paused by the fault", func() (bool, string) {
 		return c.Paused(), fmt.Sprint(c.Ready())
 	})
 	time.Sleep(8 * maxDeliver * cfg.ProbeEvery) // the outage: ~24 probes
@@ -113,7 +114,7 @@ func TestBackoffCountsFailuresNotDeliveries(t *testing.T) {
 	})
 	run(t, c)
 	var first map[string]any
-	eventually(t, 10*time.Second, "a transient failure", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "a transient failure", func() (bool, string) {
 		first = logs.first("transient failure: retrying later")
 		return first != nil, ""
 	})

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -63,7 +64,7 @@ func TestMaxDeliveriesAdvisory(t *testing.T) {
 	crashAt(t, e, "after-claim")
 	c, reg := e.newConsumer(t, testConfig(maxDeliver), nil)
 	run(t, c)
-	eventually(t, 15*time.Second, "dead-lettered from the advisory", func() (bool, string) {
+	poll.Until(t, 15*time.Second, "dead-lettered from the advisory", func() (bool, string) {
 		got := dlqBySeq(e.deadLetters(t))[seq]
 		return len(got) == 1 && got[0] == schemas.ReasonRetriesExhausted, ""
 	})

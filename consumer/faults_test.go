@@ -10,6 +10,7 @@ import (
 
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -80,7 +81,7 @@ func TestStopMidBatchAndRestart(t *testing.T) {
 	}
 	first, _ := e.newConsumer(t, testConfig(20), nil)
 	stop := run(t, first)
-	eventually(t, 20*time.Second, "some jobs created", func() (bool, string) {
+	poll.Until(t, 20*time.Second, "some jobs created", func() (bool, string) {
 		return len(topJobs(e.sim)) >= 5, fmt.Sprint(len(topJobs(e.sim)))
 	})
 	stop()
@@ -182,7 +183,7 @@ func TestPauseResume(t *testing.T) {
 	}
 	c, _ := e.newConsumer(t, testConfig(20), nil)
 	run(t, c)
-	eventually(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
+	poll.Until(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
 	if err := c.Ready(); err != nil {
 		t.Errorf("a pause by hand must not fail readiness: %v", err)
 	}
@@ -215,7 +216,7 @@ func TestPauseStopsAFetchInFlight(t *testing.T) {
 	if err := Pause(ctx, e.js, "maintenance"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
+	poll.Until(t, 5*time.Second, "consumer paused", func() (bool, string) { return c.Paused(), "" })
 	e.request(t, "//test/pause-race", "0", "server-power-on", server1, nil)
 	time.Sleep(time.Second) // the waiting fetch returns the request
 	if got := len(topJobs(e.sim)); got != 0 {
@@ -237,7 +238,7 @@ func TestConfigFault(t *testing.T) {
 	c, reg := e.newConsumer(t, testConfig(20), func(d *Deps) { d.COM = bad })
 	stop := run(t, c)
 	e.request(t, "//test/config", "0", "server-power-on", server1, nil)
-	eventually(t, 10*time.Second, "paused by the fault", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "paused by the fault", func() (bool, string) {
 		return c.Ready() != nil && c.Paused(), fmt.Sprint(c.Ready())
 	})
 	if got := counter(t, reg, "comjobs_consumer_paused"); got != 1 {

@@ -20,6 +20,7 @@ import (
 	"github.com/comjobs/comjobs/cenats"
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
@@ -180,7 +181,7 @@ func (e *env) request(t testing.TB, source, id, template string, res schemas.Res
 // drained waits until the requests stream is empty and nothing is pending.
 func (e *env) drained(t testing.TB, within time.Duration) {
 	t.Helper()
-	eventually(t, within, "requests stream drained", func() (bool, string) {
+	poll.Until(t, within, "requests stream drained", func() (bool, string) {
 		s, err := e.js.Stream(t.Context(), schemas.StreamRequests)
 		if err != nil {
 			return false, err.Error()
@@ -191,21 +192,6 @@ func (e *env) drained(t testing.TB, within time.Duration) {
 		}
 		return info.State.Msgs == 0, fmt.Sprintf("%d messages left", info.State.Msgs)
 	})
-}
-
-func eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %s", what, within, why)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // events reads every event in the events stream on subject filter.

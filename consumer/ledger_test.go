@@ -7,6 +7,7 @@ import (
 
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/natsrv"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
@@ -109,7 +110,7 @@ func TestFreshWaitsForRecoveryLock(t *testing.T) {
 	e.request(t, "//test/lock", "fresh", "server-restart", server1, nil)
 	c, reg := e.newConsumer(t, testConfig(20), nil)
 	run(t, c)
-	eventually(t, 10*time.Second, "the fresh request handed back", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "the fresh request handed back", func() (bool, string) {
 		n := counter(t, reg, "comjobs_consumer_retries_total")
 		return n >= 2, fmt.Sprintf("%.0f retries", n)
 	})

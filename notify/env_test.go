@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/notify"
 	"github.com/comjobs/comjobs/notify/slack/slacktest"
@@ -202,13 +203,7 @@ func (e *env) pending() int {
 
 func eventually(t *testing.T, d time.Duration, what string, ok func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.True(t, d, what, ok)
 }
 
 // byKey indexes messages by "<job_id>/<kind>" from their metadata.

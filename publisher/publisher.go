@@ -124,9 +124,6 @@ type PubResult struct {
 // message encodes e for subject with Nats-Msg-Id msgID, after checking the
 // data of comjobs' own event types against their schema.
 func (p *Publisher) message(subject string, e event.Event, msgID string) (*nats.Msg, error) {
-	if msgID == "" {
-		return nil, fmt.Errorf("publish %s to %s: a Nats-Msg-Id is required", e.Type(), subject)
-	}
 	if p.checkData && e.Context != nil {
 		if _, known := schemas.DataSchema(e.Type()); known {
 			v, err := p.schemaValidator()

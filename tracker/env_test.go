@@ -21,6 +21,7 @@ import (
 	"github.com/comjobs/comjobs/cenats"
 	"github.com/comjobs/comjobs/com"
 	"github.com/comjobs/comjobs/com/comsim"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/natsrv/natstest"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
@@ -286,13 +287,7 @@ func stateEvents(evs []evt) map[string][]evt {
 // waitFor polls cond until it holds or a deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.True(t, 20*time.Second, what, cond)
 }
 
 // lastState is the state of the last event of job id, or "".
