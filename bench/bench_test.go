@@ -55,6 +55,7 @@ func profile(t testing.TB, name string) (stop func()) {
 // sizes are one run's workload.
 type sizes struct {
 	requests int   // pipeline row
+	rounds   int   // times each pipeline phase is measured
 	workers  int   // consumer workers, and the floor reference's
 	tracking []int // jobs in flight per tracking row
 	notify   int   // terminal events for the notifier row
@@ -62,8 +63,8 @@ type sizes struct {
 }
 
 var (
-	fullSizes  = sizes{requests: 20_000, workers: 64, tracking: []int{10_000, 100_000}, notify: 1_000, channels: 50}
-	smokeSizes = sizes{requests: 500, workers: 16, tracking: []int{1_000}, notify: 60, channels: 10}
+	fullSizes  = sizes{requests: 20_000, rounds: 3, workers: 64, tracking: []int{10_000, 100_000}, notify: 1_000, channels: 50}
+	smokeSizes = sizes{requests: 500, rounds: 1, workers: 16, tracking: []int{1_000}, notify: 60, channels: 10}
 )
 
 // row is one line of the table: a figure, its reference and their ratio.
@@ -121,10 +122,11 @@ func printTable(w io.Writer, sz sizes, rows []row) {
 // stack is one embedded JetStream server with the comjobs topology and a
 // COM simulator over real HTTP.
 type stack struct {
-	url string
-	nc  *nats.Conn
-	js  jetstream.JetStream
-	sim *comsim.Server
+	url   string
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	sim   *comsim.Server
+	close func() // stops the simulator and the server; also run at cleanup
 }
 
 func newStack(t *testing.T, simOpts comsim.Options) *stack {
@@ -133,7 +135,7 @@ func newStack(t *testing.T, simOpts comsim.Options) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.Stop)
+	t.Cleanup(srv.Stop) // Stop may be called twice
 	s := &stack{url: srv.ClientURL()}
 	s.nc, s.js = connect(t, s.url)
 	if _, err := topology.Ensure(t.Context(), s.js, topology.Options{Replicas: 1}); err != nil {
@@ -143,7 +145,11 @@ func newStack(t *testing.T, simOpts comsim.Options) *stack {
 		simOpts.Logger = discard
 	}
 	s.sim = comsim.NewServer(simOpts)
-	t.Cleanup(s.sim.Close)
+	s.close = sync.OnceFunc(func() {
+		s.sim.Close()
+		srv.Stop()
+	})
+	t.Cleanup(s.close)
 	return s
 }
 

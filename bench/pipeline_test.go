@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,39 +33,143 @@ import (
 // benchTemplate needs no parameters, so every request is valid as built.
 const benchTemplate = "server-power-on"
 
-// pipelineRows measures row 1: the consumer against a plain work queue and
-// against the floor of its job, on one server, with the same messages.
+// pipelineRows measures row 1: the consumer against a plain work queue,
+// against the floor of its job, and against that floor plus the one event
+// the contract asks for, with the same messages. Each round is a complete
+// measurement on a server and simulator of its own, so rounds are repeats
+// that differ only by the machine's noise; inside a round the phases run in
+// alternating order (each phase leaves jobs in the simulator). The table
+// shows each figure's median over the rounds and the range of the ratios.
 func pipelineRows(t *testing.T, sz sizes) []row {
 	n := sz.requests
-	s := newStack(t, comsim.Options{Seed: 1, Timing: comsim.Timing{
-		PendingFor: time.Nanosecond, RunFor: time.Nanosecond, ApprovalFor: time.Nanosecond}})
 	tpl, ok := com.Lookup(benchTemplate)
 	if !ok {
 		t.Fatalf("no template %s", benchTemplate)
 	}
-	for i := range n {
-		s.sim.Inventory().Add(com.ResourceServer, resourceID("P", i))
-		s.sim.Inventory().Add(com.ResourceServer, resourceID("F", i))
+	event := sampleSubmitted(t, tpl)
+	var rounds []pipelineRound
+	for r := range sz.rounds {
+		s := newStack(t, comsim.Options{Seed: 1, Timing: comsim.Timing{
+			PendingFor: time.Nanosecond, RunFor: time.Nanosecond, ApprovalFor: time.Nanosecond}})
+		for i := range n {
+			for _, kind := range []string{"P", "F", "E"} {
+				s.sim.Inventory().Add(com.ResourceServer, resourceID(kind, r, i))
+			}
+		}
+		msgs, ids := requests(t, r, n, tpl)
+		var rr pipelineRound
+		rr.plain = plainQueue(t, s, "BENCH_PLAIN", msgs)
+		refs := func() {
+			rr.floor = floorQueue(t, s, "BENCH_FLOOR", msgs, tpl, "F", r, sz.workers, nil)
+			rr.event = floorQueue(t, s, "BENCH_EVENT", msgs, tpl, "E", r, sz.workers, event)
+		}
+		if r%2 == 0 {
+			refs()
+		}
+		rr.p = pipeline(t, s, sz, r, msgs, ids)
+		if r%2 == 1 {
+			refs()
+		}
+		rr.store = storeCost(t, s, "BENCH_KV", n, sz.workers)
+		rounds = append(rounds, rr)
+		s.close()
 	}
-	msgs, ids := requests(t, n, tpl)
+	return pipelineTable(n, sz, rounds)
+}
 
-	plain := plainQueue(t, s, "BENCH_PLAIN", msgs)
-	floor := floorQueue(t, s, "BENCH_FLOOR", msgs, tpl, sz.workers)
-	p := pipeline(t, s, sz, msgs, ids)
-	perReq := func(cpu time.Duration) string { return fmt.Sprintf("%.0f µs", float64(cpu.Microseconds())/float64(n)) }
+// pipelineRound is one round's measurements.
+type pipelineRound struct {
+	plain        time.Duration
+	floor, event phase
+	store        phase // n compare-and-set writes to a copy of the ledger's stream
+	p            *pipelineResult
+}
 
-	workers := fmt.Sprintf("%d workers", sz.workers)
+func pipelineTable(n int, sz sizes, rounds []pipelineRound) []row {
+	med := func(f func(pipelineRound) float64) float64 {
+		v := make([]float64, len(rounds))
+		for i, r := range rounds {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	span := func(f func(pipelineRound) float64) string {
+		if len(rounds) < 2 {
+			return ""
+		}
+		lo, hi := f(rounds[0]), f(rounds[0])
+		for _, r := range rounds[1:] {
+			lo, hi = min(lo, f(r)), max(hi, f(r))
+		}
+		return fmt.Sprintf(" (%.2f–%.2f)", lo, hi)
+	}
+	perSec := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
+	perReq := func(cpu time.Duration) float64 { return float64(cpu.Microseconds()) / float64(n) }
+	pRate := func(r pipelineRound) float64 { return perSec(r.p.elapsed) }
+	vsB := func(r pipelineRound) float64 { return r.floor.elapsed.Seconds() / r.p.elapsed.Seconds() }
+	vsC := func(r pipelineRound) float64 { return r.event.elapsed.Seconds() / r.p.elapsed.Seconds() }
+	cpuB := func(r pipelineRound) float64 { return perReq(r.floor.cpu) / perReq(r.p.cpu) }
+	cpuC := func(r pipelineRound) float64 { return perReq(r.event.cpu) / perReq(r.p.cpu) }
+	last := rounds[len(rounds)-1].p
+	of := fmt.Sprintf("%d workers", sz.workers)
+	if len(rounds) > 1 {
+		of += fmt.Sprintf("; median of %d rounds", len(rounds))
+	}
+	f0 := func(v float64) string { return fmt.Sprintf("%.0f", v) }
+	f2 := func(v float64) string { return fmt.Sprintf("%.2f", v) }
 	return []row{
-		{fmt.Sprintf("pipeline: %d requests → COM job + submitted event", n), rate(n, p.elapsed) + " (" + workers + ")",
-			"(a) plain work queue " + rate(n, plain), ratio(plain, p.elapsed)},
-		{"", "", "(b) pull, POST, ack " + rate(n, floor.elapsed) + " (" + workers + ")", ratio(floor.elapsed, p.elapsed)},
-		{"pipeline: CPU per request, whole process (NATS server, simulator, client)", perReq(p.cpu),
-			"(b) " + perReq(floor.cpu), ratio(floor.cpu, p.cpu)},
-		{"pipeline: publish → submitted event p50 / p99", ms(p.lat.quantile(0.5)) + " / " + ms(p.lat.quantile(0.99)),
+		{fmt.Sprintf("pipeline: %d requests → COM job + submitted event", n), f0(med(pRate)) + "/s (" + of + ")",
+			"(a) plain work queue " + f0(med(func(r pipelineRound) float64 { return perSec(r.plain) })) + "/s",
+			f2(med(func(r pipelineRound) float64 { return r.plain.Seconds() / r.p.elapsed.Seconds() }))},
+		{"", "", "(b) pull, POST, ack " + f0(med(func(r pipelineRound) float64 { return perSec(r.floor.elapsed) })) + "/s",
+			f2(med(vsB)) + span(vsB)},
+		{"", "", "(c) pull, POST, publish one event, ack " + f0(med(func(r pipelineRound) float64 { return perSec(r.event.elapsed) })) + "/s",
+			f2(med(vsC)) + span(vsC)},
+		{"pipeline: CPU per request, whole process (NATS server, simulator, client)",
+			f0(med(func(r pipelineRound) float64 { return perReq(r.p.cpu) })) + " µs",
+			"(b) " + f0(med(func(r pipelineRound) float64 { return perReq(r.floor.cpu) })) + " µs, (c) " +
+				f0(med(func(r pipelineRound) float64 { return perReq(r.event.cpu) })) + " µs",
+			f2(med(cpuB)) + ", " + f2(med(cpuC))},
+		{"pipeline: messages stored per request (request, ledger, events)",
+			fmt.Sprintf("%.2f", float64(last.stored)/float64(n)), "(b) 1, (c) 2", ""},
+		{"one stored message: ledger-style compare-and-set write, CPU",
+			fmt.Sprintf("%.1f µs", med(func(r pipelineRound) float64 { return float64(r.store.cpu.Nanoseconds()) / 1e3 / float64(n) })),
+			fmt.Sprintf("%d writers, each waiting for its ack", sz.workers), ""},
+		{"pipeline: publish → submitted event p50 / p99", ms(last.lat.quantile(0.5)) + " / " + ms(last.lat.quantile(0.99)),
 			"all published at once: the queue's wait is included", ""},
-		{"pipeline: COM calls per submitted request", fmt.Sprintf("%.3f", float64(p.calls)/float64(n)),
-			"1 POST (b)", fmt.Sprintf("%.2f", float64(p.calls)/float64(n))},
+		{"pipeline: COM calls per submitted request", fmt.Sprintf("%.3f", float64(last.calls)/float64(n)),
+			"1 POST (b)", fmt.Sprintf("%.2f", float64(last.calls)/float64(n))},
 	}
+}
+
+// sampleSubmitted is a submitted event as the consumer publishes one, for
+// reference (c) to publish messages of the same size.
+func sampleSubmitted(t *testing.T, tpl *com.Template) *nats.Msg {
+	t.Helper()
+	now := time.Now().UTC()
+	res, gen := "SUCCESS", int64(1)
+	data, err := json.Marshal(schemas.JobEvent{
+		JobID: "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9", JobURI: "/compute-ops-mgmt/v1/jobs/0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9",
+		Template: schemas.TemplateRef{ID: tpl.ID, Name: tpl.Name, Slug: tpl.Slug},
+		Resource: schemas.Resource{Type: com.ResourceServer, ID: resourceID("E", 0, 0)},
+		State:    "PENDING", ResultCode: &res, Status: "Pending", Generation: gen,
+		CreatedAt: now, UpdatedAt: now, ObservedAt: now, Labels: map[string]string{"bench": "pipeline"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := publisher.NewEvent(schemas.TypeSubmitted, "comjobs/consumer", strings.Repeat("f", 64)+"/submitted",
+		"0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9", json.RawMessage(data),
+		publisher.RequestRef{ID: "bench-r0-000000", Source: "//bench/pipeline"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cenats.Encode("", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 // phase is a reference run: wall time, and the test process's CPU time
@@ -88,17 +195,19 @@ func ratio(ref, got time.Duration) string {
 	return fmt.Sprintf("%.2f", ref.Seconds()/got.Seconds())
 }
 
-func resourceID(kind string, i int) string { return fmt.Sprintf("BENCH-%s-%06d", kind, i) }
+// resourceID is the server of request i in round r of a phase (P
+// pipeline, F floor, E floor with an event).
+func resourceID(kind string, r, i int) string { return fmt.Sprintf("BENCH-%s%d-%06d", kind, r, i) }
 
-// requests builds n valid request messages, as upstream systems publish
-// them, and their request ids by index.
-func requests(t *testing.T, n int, tpl *com.Template) ([]*nats.Msg, map[string]int) {
+// requests builds n valid request messages for round r, as upstream
+// systems publish them, and their request ids by index.
+func requests(t *testing.T, r, n int, tpl *com.Template) ([]*nats.Msg, map[string]int) {
 	t.Helper()
 	msgs := make([]*nats.Msg, n)
 	ids := make(map[string]int, n)
 	for i := range n {
-		id := fmt.Sprintf("bench-%06d", i)
-		res := schemas.Resource{Type: com.ResourceServer, ID: resourceID("P", i)}
+		id := fmt.Sprintf("bench-r%d-%06d", r, i)
+		res := schemas.Resource{Type: com.ResourceServer, ID: resourceID("P", r, i)}
 		ev, err := publisher.NewRequest("//bench/pipeline", id, schemas.Request{Template: tpl.Name, Resource: &res,
 			Labels: map[string]string{"bench": "pipeline"}})
 		if err != nil {
@@ -193,11 +302,19 @@ func plainQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg) time.Dura
 
 // floorQueue is reference (b), the floor of the consumer's job: pull, one
 // raw POST of the v1 create body with a bearer token, ack, with workers
-// goroutines.
-func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.Template, workers int) phase {
+// goroutines. With event set it is reference (c): after the POST it also
+// publishes a copy of event (a submitted event's size, its own dedupe id)
+// to a stream configured like the events stream, and waits for its ack
+// before acking the request — the one stored message the contract itself
+// asks of every request. kind and round name the resources it creates jobs on.
+func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.Template, kind string, round, workers int, event *nats.Msg) phase {
 	cons, subject := workQueue(t, s, name)
 	_, js := connect(t, s.url)
-	defer profile(t, "floor")()
+	var outSubject string
+	if event != nil {
+		outSubject = copyStream(t, s, schemas.StreamEvents, name+"_OUT") + ".submitted"
+	}
+	defer profile(t, fmt.Sprintf("%s-%d", strings.ToLower(name), round))()
 	cc := clientcredentials.Config{ClientID: comsim.DefaultClientID, ClientSecret: comsim.DefaultClientSecret, TokenURL: s.sim.TokenURL()}
 	tok, err := cc.Token(t.Context())
 	if err != nil {
@@ -218,7 +335,7 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 			for m := range work {
 				i := next.Add(1) - 1
 				body, _ := json.Marshal(map[string]any{"jobTemplate": tpl.ID, "resourceType": com.ResourceServer,
-					"resourceId": resourceID("F", int(i)), "jobParams": map[string]any{}})
+					"resourceId": resourceID(kind, round, int(i)), "jobParams": map[string]any{}})
 				req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
 				req.Header.Set("Authorization", bearer)
 				req.Header.Set("Content-Type", "application/json")
@@ -229,6 +346,9 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 					if resp.StatusCode != http.StatusCreated {
 						err = fmt.Errorf("HTTP %d", resp.StatusCode)
 					}
+				}
+				if err == nil && event != nil {
+					err = publishCopy(js, event, outSubject, strconv.FormatInt(i, 10))
 				}
 				if err != nil {
 					failed.Add(1)
@@ -253,10 +373,93 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 	if err := publishAll(t.Context(), js, msgs, subject, nil); err != nil {
 		t.Fatal(err)
 	}
-	waitDone(t, done, "floor reference", func() string {
-		return fmt.Sprintf("%d of %d acked, %d POSTs failed", acked.Load(), n, failed.Load())
+	waitDone(t, done, name, func() string {
+		return fmt.Sprintf("%d of %d acked, %d failed", acked.Load(), n, failed.Load())
 	})
 	return phase{elapsed: time.Since(start), cpu: selfCPU(t) - cpu0}
+}
+
+// publishCopy publishes event with its id made unique by suffix to subject
+// and waits for JetStream's ack.
+func publishCopy(js jetstream.JetStream, event *nats.Msg, subject, suffix string) error {
+	h := make(nats.Header, len(event.Header)+1)
+	for k, v := range event.Header {
+		h[k] = v
+	}
+	id := event.Header.Get("ce-id") + suffix
+	h.Set("ce-id", id)
+	f, err := js.PublishMsgAsync(&nats.Msg{Subject: subject, Header: h, Data: event.Data}, jetstream.WithMsgID(id))
+	if err != nil {
+		return err
+	}
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("no ack for %s", id)
+	}
+}
+
+// copyStream creates stream name with the configuration of stream from on
+// subject bench.<name>, and returns that subject.
+func copyStream(t *testing.T, s *stack, from, name string) string {
+	t.Helper()
+	st, err := s.js.Stream(t.Context(), from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	subject := "bench." + strings.ToLower(name)
+	cfg.Name, cfg.Subjects = name, []string{subject + ".>"}
+	if _, err := s.js.CreateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	return subject
+}
+
+// storeCost measures n compare-and-set creates (one new key each, as the
+// ledger's claims are) on a stream configured like the ledger's bucket,
+// from workers goroutines that each wait for their write's ack: the cost of
+// one stored message of the consumer's ledger, client and server together.
+func storeCost(t *testing.T, s *stack, name string, n, workers int) phase {
+	subject := copyStream(t, s, "KV_"+schemas.BucketLedger, name)
+	_, js := connect(t, s.url)
+	value := bytes.Repeat([]byte("x"), 400) // about a claim's size
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+	)
+	runtime.GC()
+	start, cpu0 := time.Now(), selfCPU(t)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				m := nats.NewMsg(subject + "." + strconv.Itoa(i))
+				m.Data = value
+				m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
+				f, err := js.PublishMsgAsync(m)
+				if err == nil {
+					select {
+					case <-f.Ok():
+					case err = <-f.Err():
+					case <-time.After(10 * time.Second):
+						err = errors.New("no ack")
+					}
+				}
+				if err != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	el, cpu := time.Since(start), selfCPU(t)-cpu0
+	if f := failed.Load(); f > 0 {
+		t.Fatalf("%d of %d ledger-style writes failed", f, n)
+	}
+	return phase{elapsed: el, cpu: cpu}
 }
 
 func waitDone(t *testing.T, done <-chan struct{}, what string, state func() string) {
@@ -273,12 +476,13 @@ type pipelineResult struct {
 	cpu     time.Duration // the whole test process's CPU over elapsed
 	lat     latencies
 	calls   int
+	stored  uint64 // messages stored: the requests, the ledger's writes, the events
 }
 
 // pipeline runs the real consumer (real COM client, publisher and
 // validator, its own NATS connection) over the requests and waits for every
 // submitted event.
-func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string]int) *pipelineResult {
+func pipeline(t *testing.T, s *stack, sz sizes, round int, msgs []*nats.Msg, ids map[string]int) *pipelineResult {
 	n := len(msgs)
 	_, cjs := connect(t, s.url)
 	v, err := schemas.NewValidator()
@@ -327,7 +531,8 @@ func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string
 		t.Fatal(err)
 	}
 	s.sim.ResetCalls()
-	defer profile(t, "pipeline")()
+	seq0 := lastSeqs(t, s)
+	defer profile(t, fmt.Sprintf("pipeline-%d", round))()
 	stop := runBG(t, "consumer", c.Run)
 	defer stop()
 	_, js := connect(t, s.url)
@@ -348,10 +553,11 @@ func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string
 	res.elapsed, res.cpu = time.Since(start), selfCPU(t)-cpu0
 	res.calls, _ = comCalls(s.sim)
 	stop()
+	res.stored = lastSeqs(t, s) - seq0
 	// Correctness, never speed: each request made exactly one COM job.
 	jobs := 0
 	for _, j := range s.sim.Jobs() {
-		if strings.HasPrefix(j.ResourceID, "BENCH-P-") {
+		if strings.HasPrefix(j.ResourceID, fmt.Sprintf("BENCH-P%d-", round)) {
 			jobs++
 		}
 	}
@@ -362,4 +568,19 @@ func pipeline(t *testing.T, s *stack, sz sizes, msgs []*nats.Msg, ids map[string
 		t.Logf("%d submitted events were published twice (the stream's dedupe window drops the copies)", dups)
 	}
 	return res
+}
+
+// lastSeqs sums the last sequences of the requests stream, the ledger's
+// stream and the events stream: how many messages they ever stored.
+func lastSeqs(t *testing.T, s *stack) uint64 {
+	t.Helper()
+	var sum uint64
+	for _, name := range []string{schemas.StreamRequests, "KV_" + schemas.BucketLedger, schemas.StreamEvents} {
+		st, err := s.js.Stream(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += st.CachedInfo().State.LastSeq
+	}
+	return sum
 }
