@@ -126,7 +126,20 @@ type stack struct {
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	sim   *comsim.Server
-	close func() // stops the simulator and the server; also run at cleanup
+	close func() // closes the stack's connections, stops the simulator and the server; also run at cleanup
+
+	mu    sync.Mutex
+	conns []*nats.Conn
+}
+
+// connect opens a connection of the stack's own (see connect), closed with
+// the stack.
+func (s *stack) connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	nc, js := connect(t, s.url)
+	s.mu.Lock()
+	s.conns = append(s.conns, nc)
+	s.mu.Unlock()
+	return nc, js
 }
 
 func newStack(t *testing.T, simOpts comsim.Options) *stack {
@@ -137,7 +150,7 @@ func newStack(t *testing.T, simOpts comsim.Options) *stack {
 	}
 	t.Cleanup(srv.Stop) // Stop may be called twice
 	s := &stack{url: srv.ClientURL()}
-	s.nc, s.js = connect(t, s.url)
+	s.nc, s.js = s.connect(t)
 	if _, err := topology.Ensure(t.Context(), s.js, topology.Options{Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +159,11 @@ func newStack(t *testing.T, simOpts comsim.Options) *stack {
 	}
 	s.sim = comsim.NewServer(simOpts)
 	s.close = sync.OnceFunc(func() {
+		s.mu.Lock()
+		for _, nc := range s.conns {
+			nc.Close()
+		}
+		s.mu.Unlock()
 		s.sim.Close()
 		srv.Stop()
 	})
@@ -252,13 +270,6 @@ func runBG(t testing.TB, what string, fn func(context.Context) error) (stop func
 	}
 	t.Cleanup(stop)
 	return stop
-}
-
-func rate(n int, d time.Duration) string {
-	if d <= 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.0f/s", float64(n)/d.Seconds())
 }
 
 func ms(d time.Duration) string {

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,9 +38,10 @@ const benchTemplate = "server-power-on"
 // against the floor of its job, and against that floor plus the one event
 // the contract asks for, with the same messages. Each round is a complete
 // measurement on a server and simulator of its own, so rounds are repeats
-// that differ only by the machine's noise; inside a round the phases run in
-// alternating order (each phase leaves jobs in the simulator). The table
-// shows each figure's median over the rounds and the range of the ratios.
+// that differ only by the machine's noise; the pipeline runs after the
+// references in one round and before them in the next (each phase leaves
+// jobs in the simulator). The table shows the median round and the range
+// of the ratios.
 func pipelineRows(t *testing.T, sz sizes) []row {
 	n := sz.requests
 	tpl, ok := com.Lookup(benchTemplate)
@@ -85,15 +87,12 @@ type pipelineRound struct {
 	p            *pipelineResult
 }
 
+// pipelineTable prints the round whose ratio to (b) is the median, so
+// every figure in the table comes from one round and they reconcile; the
+// ratios' ranges over all rounds are in brackets.
 func pipelineTable(n int, sz sizes, rounds []pipelineRound) []row {
-	med := func(f func(pipelineRound) float64) float64 {
-		v := make([]float64, len(rounds))
-		for i, r := range rounds {
-			v[i] = f(r)
-		}
-		slices.Sort(v)
-		return v[len(v)/2]
-	}
+	vsB := func(r pipelineRound) float64 { return r.floor.elapsed.Seconds() / r.p.elapsed.Seconds() }
+	vsC := func(r pipelineRound) float64 { return r.event.elapsed.Seconds() / r.p.elapsed.Seconds() }
 	span := func(f func(pipelineRound) float64) string {
 		if len(rounds) < 2 {
 			return ""
@@ -104,42 +103,32 @@ func pipelineTable(n int, sz sizes, rounds []pipelineRound) []row {
 		}
 		return fmt.Sprintf(" (%.2f–%.2f)", lo, hi)
 	}
-	perSec := func(d time.Duration) float64 { return float64(n) / d.Seconds() }
-	perReq := func(cpu time.Duration) float64 { return float64(cpu.Microseconds()) / float64(n) }
-	pRate := func(r pipelineRound) float64 { return perSec(r.p.elapsed) }
-	vsB := func(r pipelineRound) float64 { return r.floor.elapsed.Seconds() / r.p.elapsed.Seconds() }
-	vsC := func(r pipelineRound) float64 { return r.event.elapsed.Seconds() / r.p.elapsed.Seconds() }
-	cpuB := func(r pipelineRound) float64 { return perReq(r.floor.cpu) / perReq(r.p.cpu) }
-	cpuC := func(r pipelineRound) float64 { return perReq(r.event.cpu) / perReq(r.p.cpu) }
-	last := rounds[len(rounds)-1].p
+	byB := slices.Clone(rounds)
+	slices.SortFunc(byB, func(a, b pipelineRound) int { return cmp.Compare(vsB(a), vsB(b)) })
+	m := byB[len(byB)/2]
+	rate := func(d time.Duration) string { return fmt.Sprintf("%.0f/s", float64(n)/d.Seconds()) }
+	perReq := func(cpu time.Duration) float64 { return float64(cpu.Nanoseconds()) / 1e3 / float64(n) }
 	of := fmt.Sprintf("%d workers", sz.workers)
 	if len(rounds) > 1 {
 		of += fmt.Sprintf("; median of %d rounds", len(rounds))
 	}
-	f0 := func(v float64) string { return fmt.Sprintf("%.0f", v) }
-	f2 := func(v float64) string { return fmt.Sprintf("%.2f", v) }
 	return []row{
-		{fmt.Sprintf("pipeline: %d requests → COM job + submitted event", n), f0(med(pRate)) + "/s (" + of + ")",
-			"(a) plain work queue " + f0(med(func(r pipelineRound) float64 { return perSec(r.plain) })) + "/s",
-			f2(med(func(r pipelineRound) float64 { return r.plain.Seconds() / r.p.elapsed.Seconds() }))},
-		{"", "", "(b) pull, POST, ack " + f0(med(func(r pipelineRound) float64 { return perSec(r.floor.elapsed) })) + "/s",
-			f2(med(vsB)) + span(vsB)},
-		{"", "", "(c) pull, POST, publish one event, ack " + f0(med(func(r pipelineRound) float64 { return perSec(r.event.elapsed) })) + "/s",
-			f2(med(vsC)) + span(vsC)},
+		{fmt.Sprintf("pipeline: %d requests → COM job + submitted event", n), rate(m.p.elapsed) + " (" + of + ")",
+			"(a) plain work queue " + rate(m.plain), fmt.Sprintf("%.2f", m.plain.Seconds()/m.p.elapsed.Seconds())},
+		{"", "", "(b) pull, POST, ack " + rate(m.floor.elapsed), fmt.Sprintf("%.2f", vsB(m)) + span(vsB)},
+		{"", "", "(c) pull, POST, publish one event, ack " + rate(m.event.elapsed), fmt.Sprintf("%.2f", vsC(m)) + span(vsC)},
 		{"pipeline: CPU per request, whole process (NATS server, simulator, client)",
-			f0(med(func(r pipelineRound) float64 { return perReq(r.p.cpu) })) + " µs",
-			"(b) " + f0(med(func(r pipelineRound) float64 { return perReq(r.floor.cpu) })) + " µs, (c) " +
-				f0(med(func(r pipelineRound) float64 { return perReq(r.event.cpu) })) + " µs",
-			f2(med(cpuB)) + ", " + f2(med(cpuC))},
+			fmt.Sprintf("%.0f µs", perReq(m.p.cpu)),
+			fmt.Sprintf("(b) %.0f µs, (c) %.0f µs", perReq(m.floor.cpu), perReq(m.event.cpu)),
+			fmt.Sprintf("%.2f, %.2f", perReq(m.floor.cpu)/perReq(m.p.cpu), perReq(m.event.cpu)/perReq(m.p.cpu))},
 		{"pipeline: messages stored per request (request, ledger, events)",
-			fmt.Sprintf("%.2f", float64(last.stored)/float64(n)), "(b) 1, (c) 2", ""},
-		{"one stored message: ledger-style compare-and-set write, CPU",
-			fmt.Sprintf("%.1f µs", med(func(r pipelineRound) float64 { return float64(r.store.cpu.Nanoseconds()) / 1e3 / float64(n) })),
+			fmt.Sprintf("%.2f", float64(m.p.stored)/float64(n)), "(b) 1, (c) 2", ""},
+		{"one stored message: ledger-style compare-and-set write, CPU", fmt.Sprintf("%.1f µs", perReq(m.store.cpu)),
 			fmt.Sprintf("%d writers, each waiting for its ack", sz.workers), ""},
-		{"pipeline: publish → submitted event p50 / p99", ms(last.lat.quantile(0.5)) + " / " + ms(last.lat.quantile(0.99)),
+		{"pipeline: publish → submitted event p50 / p99", ms(m.p.lat.quantile(0.5)) + " / " + ms(m.p.lat.quantile(0.99)),
 			"all published at once: the queue's wait is included", ""},
-		{"pipeline: COM calls per submitted request", fmt.Sprintf("%.3f", float64(last.calls)/float64(n)),
-			"1 POST (b)", fmt.Sprintf("%.2f", float64(last.calls)/float64(n))},
+		{"pipeline: COM calls per submitted request", fmt.Sprintf("%.3f", float64(m.p.calls)/float64(n)),
+			"1 POST (b)", fmt.Sprintf("%.2f", float64(m.p.calls)/float64(n))},
 	}
 }
 
@@ -185,14 +174,6 @@ func selfCPU(t *testing.T) time.Duration {
 		t.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// ratio is comjobs' rate over the reference's: reference time / comjobs time.
-func ratio(ref, got time.Duration) string {
-	if got <= 0 {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.2f", ref.Seconds()/got.Seconds())
 }
 
 // resourceID is the server of request i in round r of a phase (P
@@ -251,16 +232,7 @@ func publishAll(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg, s
 func workQueue(t *testing.T, s *stack, name string) (jetstream.Consumer, string) {
 	t.Helper()
 	ctx := t.Context()
-	st, err := s.js.Stream(ctx, schemas.StreamRequests)
-	if err != nil {
-		t.Fatal(err)
-	}
-	scfg := st.CachedInfo().Config
-	subject := "bench." + strings.ToLower(name)
-	scfg.Name, scfg.Subjects = name, []string{subject}
-	if _, err := s.js.CreateStream(ctx, scfg); err != nil {
-		t.Fatal(err)
-	}
+	subject := copyStream(t, s, schemas.StreamRequests, name)
 	dur, err := s.js.Consumer(ctx, schemas.StreamRequests, schemas.DurableConsumer)
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +250,7 @@ func workQueue(t *testing.T, s *stack, name string) (jetstream.Consumer, string)
 // time from the first publish to the last ack.
 func plainQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg) time.Duration {
 	cons, subject := workQueue(t, s, name)
-	_, js := connect(t, s.url)
+	_, js := s.connect(t)
 	var acked atomic.Int64
 	done := make(chan struct{})
 	n := int64(len(msgs))
@@ -309,7 +281,7 @@ func plainQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg) time.Dura
 // asks of every request. kind and round name the resources it creates jobs on.
 func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.Template, kind string, round, workers int, event *nats.Msg) phase {
 	cons, subject := workQueue(t, s, name)
-	_, js := connect(t, s.url)
+	_, js := s.connect(t)
 	var outSubject string
 	if event != nil {
 		outSubject = copyStream(t, s, schemas.StreamEvents, name+"_OUT") + ".submitted"
@@ -324,8 +296,8 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 	hc := httpClient(workers)
 	url := s.sim.URL() + "/compute-ops-mgmt/v1/jobs"
 	var (
-		acked, next, failed atomic.Int64
-		wg                  sync.WaitGroup
+		acked, failed atomic.Int64
+		wg            sync.WaitGroup
 	)
 	n := int64(len(msgs))
 	done := make(chan struct{})
@@ -333,7 +305,15 @@ func floorQueue(t *testing.T, s *stack, name string, msgs []*nats.Msg, tpl *com.
 	for range workers {
 		wg.Go(func() {
 			for m := range work {
-				i := next.Add(1) - 1
+				// The resource comes from the message, not the attempt, so
+				// a redelivery does not run past the inventory.
+				meta, err := m.Metadata()
+				if err != nil {
+					failed.Add(1)
+					_ = m.Nak()
+					continue
+				}
+				i := int64(meta.Sequence.Stream) - 1
 				body, _ := json.Marshal(map[string]any{"jobTemplate": tpl.ID, "resourceType": com.ResourceServer,
 					"resourceId": resourceID(kind, round, int(i)), "jobParams": map[string]any{}})
 				req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
@@ -392,18 +372,23 @@ func publishCopy(js jetstream.JetStream, event *nats.Msg, subject, suffix string
 	if err != nil {
 		return err
 	}
+	return awaitAck(f)
+}
+
+// awaitAck waits, at most 10 s, for JetStream's ack of an asynchronous publish.
+func awaitAck(f jetstream.PubAckFuture) error {
 	select {
 	case <-f.Ok():
 		return nil
 	case err := <-f.Err():
 		return err
 	case <-time.After(10 * time.Second):
-		return fmt.Errorf("no ack for %s", id)
+		return errors.New("no acknowledgement from JetStream within 10s")
 	}
 }
 
 // copyStream creates stream name with the configuration of stream from on
-// subject bench.<name>, and returns that subject.
+// subject bench.<name> and the subjects below it, and returns that subject.
 func copyStream(t *testing.T, s *stack, from, name string) string {
 	t.Helper()
 	st, err := s.js.Stream(t.Context(), from)
@@ -412,7 +397,7 @@ func copyStream(t *testing.T, s *stack, from, name string) string {
 	}
 	cfg := st.CachedInfo().Config
 	subject := "bench." + strings.ToLower(name)
-	cfg.Name, cfg.Subjects = name, []string{subject + ".>"}
+	cfg.Name, cfg.Subjects = name, []string{subject, subject + ".>"}
 	if _, err := s.js.CreateStream(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +410,7 @@ func copyStream(t *testing.T, s *stack, from, name string) string {
 // one stored message of the consumer's ledger, client and server together.
 func storeCost(t *testing.T, s *stack, name string, n, workers int) phase {
 	subject := copyStream(t, s, "KV_"+schemas.BucketLedger, name)
-	_, js := connect(t, s.url)
+	_, js := s.connect(t)
 	value := bytes.Repeat([]byte("x"), 400) // about a claim's size
 	var (
 		wg     sync.WaitGroup
@@ -441,12 +426,7 @@ func storeCost(t *testing.T, s *stack, name string, n, workers int) phase {
 				m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, "0")
 				f, err := js.PublishMsgAsync(m)
 				if err == nil {
-					select {
-					case <-f.Ok():
-					case err = <-f.Err():
-					case <-time.After(10 * time.Second):
-						err = errors.New("no ack")
-					}
+					err = awaitAck(f)
 				}
 				if err != nil {
 					failed.Add(1)
@@ -484,7 +464,7 @@ type pipelineResult struct {
 // submitted event.
 func pipeline(t *testing.T, s *stack, sz sizes, round int, msgs []*nats.Msg, ids map[string]int) *pipelineResult {
 	n := len(msgs)
-	_, cjs := connect(t, s.url)
+	_, cjs := s.connect(t)
 	v, err := schemas.NewValidator()
 	if err != nil {
 		t.Fatal(err)
@@ -535,7 +515,7 @@ func pipeline(t *testing.T, s *stack, sz sizes, round int, msgs []*nats.Msg, ids
 	defer profile(t, fmt.Sprintf("pipeline-%d", round))()
 	stop := runBG(t, "consumer", c.Run)
 	defer stop()
-	_, js := connect(t, s.url)
+	_, js := s.connect(t)
 	runtime.GC() // the last phase's garbage is not this one's CPU
 	start, cpu0 := time.Now(), selfCPU(t)
 	if err := publishAll(t.Context(), js, msgs, "", func(i int) {
