@@ -4,7 +4,7 @@
 // floor plus the one event the contract asks of every request, the cost of
 // one ledger write, the tracker's COM calls against one GET per job per
 // cycle, and the notifier's pace against Slack's one message per second per
-// channel. The pipeline rows are the median of independent rounds, each on
+// channel. The pipeline rows show the median of independent rounds, each on
 // a server and simulator of its own, because one round's ratio moves by a
 // tenth or more with the machine's noise.
 //
