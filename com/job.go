@@ -11,30 +11,34 @@ import (
 
 // wireJob is a job as any API version sends it: v1 (jobTemplate, resource
 // {type, id}), v1beta3 (jobTemplateUri, associatedResourceUri, resource
-// {resourceUri, type}) and v1beta2 (as v1beta3, without resultCode).
+// {resourceUri, type}) and v1beta2 (as v1beta3, without resultCode). Only
+// resultCode is a pointer, the one field whose absence means something;
+// for the others json.Unmarshal leaves the zero value for absent and null
+// alike and refuses a value of the wrong type, without an allocation per
+// field.
 type wireJob struct {
-	ID                    *string         `json:"id"`
-	ParentJobID           *string         `json:"parentJobId"`
-	Name                  *string         `json:"name"`
-	DisplayName           *string         `json:"displayName"`
-	JobTemplate           *string         `json:"jobTemplate"`
-	JobTemplateURI        *string         `json:"jobTemplateUri"`
-	AssociatedResourceURI *string         `json:"associatedResourceUri"`
-	Resource              *wireResource   `json:"resource"`
-	ResourceURI           *string         `json:"resourceUri"`
-	State                 *string         `json:"state"`
+	ID                    string          `json:"id"`
+	ParentJobID           string          `json:"parentJobId"`
+	Name                  string          `json:"name"`
+	DisplayName           string          `json:"displayName"`
+	JobTemplate           string          `json:"jobTemplate"`
+	JobTemplateURI        string          `json:"jobTemplateUri"`
+	AssociatedResourceURI string          `json:"associatedResourceUri"`
+	Resource              wireResource    `json:"resource"`
+	ResourceURI           string          `json:"resourceUri"`
+	State                 string          `json:"state"`
 	ResultCode            *string         `json:"resultCode"`
-	Status                *string         `json:"status"`
+	Status                string          `json:"status"`
 	StatusDetails         json.RawMessage `json:"statusDetails"`
-	Generation            *int64          `json:"generation"`
-	CreatedAt             *string         `json:"createdAt"`
-	UpdatedAt             *string         `json:"updatedAt"`
+	Generation            int64           `json:"generation"`
+	CreatedAt             string          `json:"createdAt"`
+	UpdatedAt             string          `json:"updatedAt"`
 }
 
 type wireResource struct {
-	Type        *string `json:"type"`
-	ID          *string `json:"id"`
-	ResourceURI *string `json:"resourceUri"`
+	Type        string `json:"type"`
+	ID          string `json:"id"`
+	ResourceURI string `json:"resourceUri"`
 }
 
 // DecodeJob decodes one job body of any supported API version into the
@@ -55,54 +59,43 @@ func DecodeJob(body []byte) (*Job, error) {
 	if err := json.Unmarshal(body, &w); err != nil {
 		return nil, fmt.Errorf("decode job: %w", err)
 	}
-	if w.ID == nil || *w.ID == "" {
+	if w.ID == "" {
 		return nil, errors.New("decode job: no id")
 	}
 	j := &Job{
-		ID:          *w.ID,
-		ParentJobID: str(w.ParentJobID),
-		Name:        str(w.Name),
-		URI:         str(w.ResourceURI),
-		State:       str(w.State),
-		Status:      str(w.Status),
+		ID:          w.ID,
+		ParentJobID: w.ParentJobID,
+		Name:        w.Name,
+		URI:         w.ResourceURI,
+		State:       w.State,
+		Status:      w.Status,
+		ResultCode:  w.ResultCode,
+		Generation:  w.Generation,
+		CreatedAt:   parseTime(w.CreatedAt),
+		UpdatedAt:   parseTime(w.UpdatedAt),
+		TemplateID:  w.JobTemplate,
 		Raw:         append(json.RawMessage(nil), bytes.TrimSpace(body)...),
 	}
 	if j.Name == "" {
-		j.Name = str(w.DisplayName)
-	}
-	if w.ResultCode != nil {
-		rc := *w.ResultCode
-		j.ResultCode = &rc
+		j.Name = w.DisplayName
 	}
 	if len(w.StatusDetails) > 0 && !bytes.Equal(w.StatusDetails, []byte("null")) {
 		j.StatusDetails = append(json.RawMessage(nil), w.StatusDetails...)
 	}
-	if w.Generation != nil {
-		j.Generation = *w.Generation
+	if j.TemplateID == "" && w.JobTemplateURI != "" {
+		u := w.JobTemplateURI
+		j.TemplateID = u[strings.LastIndexByte(u, '/')+1:]
 	}
-	j.CreatedAt = parseTime(str(w.CreatedAt))
-	j.UpdatedAt = parseTime(str(w.UpdatedAt))
-
-	j.TemplateID = str(w.JobTemplate)
-	if j.TemplateID == "" {
-		if u := str(w.JobTemplateURI); u != "" {
-			j.TemplateID = u[strings.LastIndexByte(u, '/')+1:]
+	if r := w.Resource; r.ID != "" {
+		j.ResourceID = r.ID
+		j.ResourceType = r.Type
+		if c, ok := CanonicalResourceType(j.ResourceType); ok {
+			j.ResourceType = c
 		}
 	}
-
-	var resourceURI string
-	if r := w.Resource; r != nil {
-		if id := str(r.ID); id != "" {
-			j.ResourceID = id
-			j.ResourceType = str(r.Type)
-			if c, ok := CanonicalResourceType(j.ResourceType); ok {
-				j.ResourceType = c
-			}
-		}
-		resourceURI = str(r.ResourceURI)
-	}
+	resourceURI := w.Resource.ResourceURI
 	if resourceURI == "" {
-		resourceURI = str(w.AssociatedResourceURI)
+		resourceURI = w.AssociatedResourceURI
 	}
 	if j.ResourceID == "" && resourceURI != "" {
 		if typ, id, err := ParseResourceURI(resourceURI); err == nil {
@@ -132,13 +125,6 @@ func decodePage(body []byte) (*Page, error) {
 		p.Items = append(p.Items, *j)
 	}
 	return p, nil
-}
-
-func str(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
 }
 
 func parseTime(s string) time.Time {

@@ -152,3 +152,15 @@ func FuzzDecodeJob(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecodeJob decodes a v1 job answer, as the consumer does for
+// every create and the tracker for every job a list returns.
+func BenchmarkDecodeJob(b *testing.B) {
+	body := []byte(v1Job)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := com.DecodeJob(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
