@@ -1,10 +1,11 @@
 package cenats
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"mime"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,30 +55,38 @@ func Encode(subject string, e event.Event) (*nats.Msg, error) {
 	}
 	exts := e.Extensions()
 	h := make(nats.Header, 8+len(exts))
-	h[hSpecVersion] = []string{event.CloudEventsVersionV1}
-	h[hID] = []string{percentEncode(e.ID())}
-	h[hSource] = []string{percentEncode(e.Source())}
-	h[hType] = []string{percentEncode(e.Type())}
+	// Every value is a one-element slice of one backing array: one
+	// allocation instead of one per header. The capacity of each is one, so
+	// an append to one header cannot overwrite the next.
+	vals := make([]string, 0, 8+len(exts))
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
+	set(hSpecVersion, event.CloudEventsVersionV1)
+	set(hID, percentEncode(e.ID()))
+	set(hSource, percentEncode(e.Source()))
+	set(hType, percentEncode(e.Type()))
 	if s := e.Subject(); s != "" {
-		h[hSubject] = []string{percentEncode(s)}
+		set(hSubject, percentEncode(s))
 	}
 	if t := e.Time(); !t.IsZero() {
-		h[hTime] = []string{types.FormatTime(t)}
+		set(hTime, types.FormatTime(t))
 	}
 	if s := e.DataSchema(); s != "" {
-		h[hDataSchema] = []string{percentEncode(s)}
+		set(hDataSchema, percentEncode(s))
 	}
 	if ct := e.DataContentType(); ct != "" {
 		v := percentEncode(ct)
-		h[hDataContentType] = []string{v}
-		h[HeaderContentType] = []string{v}
+		set(hDataContentType, v)
+		set(HeaderContentType, v)
 	}
 	for name, v := range exts {
 		s, err := types.Format(v)
 		if err != nil {
 			return nil, fmt.Errorf("encode event %q extension %s: %w", e.ID(), name, err)
 		}
-		h[HeaderPrefix+name] = []string{percentEncode(s)}
+		set(HeaderPrefix+name, percentEncode(s))
 	}
 	return &nats.Msg{Subject: subject, Header: h, Data: e.Data()}, nil
 }
@@ -115,7 +124,7 @@ func Decode(h nats.Header, body []byte, opts DecodeOptions) (event.Event, error)
 	var (
 		contentType, ceContentType string
 		haveCT, haveCECT           bool
-		attrs                      []attr
+		attrs                      = make([]attr, 0, len(h))
 	)
 	for k, vs := range h {
 		switch {
@@ -126,18 +135,17 @@ func Decode(h nats.Header, body []byte, opts DecodeOptions) (event.Event, error)
 			contentType, haveCT = vs[0], true
 		case len(k) > len(HeaderPrefix) && strings.EqualFold(k[:len(HeaderPrefix)], HeaderPrefix):
 			name := strings.ToLower(k[len(HeaderPrefix):])
-			field := HeaderPrefix + name
 			if len(vs) != 1 {
-				return event.Event{}, reject(field, "must appear once")
+				return event.Event{}, reject(HeaderPrefix+name, "must appear once")
 			}
 			for _, a := range attrs {
 				if a.name == name {
-					return event.Event{}, reject(field, "must appear once")
+					return event.Event{}, reject(HeaderPrefix+name, "must appear once")
 				}
 			}
 			v, err := percentDecode(vs[0])
 			if err != nil {
-				return event.Event{}, reject(field, "%v", err)
+				return event.Event{}, reject(HeaderPrefix+name, "%v", err)
 			}
 			if name == "datacontenttype" {
 				ceContentType, haveCECT = v, true
@@ -162,9 +170,7 @@ func Decode(h nats.Header, body []byte, opts DecodeOptions) (event.Event, error)
 func decodeBinary(attrs []attr, body []byte) (event.Event, error) {
 	// Attributes are checked in a fixed order so that the first complaint
 	// is the same for the same message.
-	sort.Slice(attrs, func(i, j int) bool {
-		return attrRank(attrs[i].name) < attrRank(attrs[j].name) || attrRank(attrs[i].name) == attrRank(attrs[j].name) && attrs[i].name < attrs[j].name
-	})
+	slices.SortFunc(attrs, func(a, b attr) int { return compareAttrs(a.name, b.name) })
 
 	spec := ""
 	for _, a := range attrs {
@@ -182,7 +188,6 @@ func decodeBinary(attrs []attr, body []byte) (event.Event, error) {
 
 	e := event.New(event.CloudEventsVersionV1)
 	for _, a := range attrs {
-		field := HeaderPrefix + a.name
 		switch a.name {
 		case "specversion":
 		case "id":
@@ -196,7 +201,7 @@ func decodeBinary(attrs []attr, body []byte) (event.Event, error) {
 		case "time":
 			t, err := time.Parse(time.RFC3339Nano, a.value)
 			if err != nil {
-				return event.Event{}, reject(field, "must be an RFC 3339 timestamp, got %q", a.value)
+				return event.Event{}, reject(HeaderPrefix+a.name, "must be an RFC 3339 timestamp, got %q", a.value)
 			}
 			e.SetTime(t)
 		case "dataschema":
@@ -204,10 +209,10 @@ func decodeBinary(attrs []attr, body []byte) (event.Event, error) {
 		case "datacontenttype":
 			e.SetDataContentType(a.value)
 		case "data", "data_base64":
-			return event.Event{}, reject(field, "is not an attribute in binary mode")
+			return event.Event{}, reject(HeaderPrefix+a.name, "is not an attribute in binary mode")
 		default:
 			if !validAttrName(a.name) {
-				return event.Event{}, reject(field, "attribute names are lower-case ASCII letters and digits")
+				return event.Event{}, reject(HeaderPrefix+a.name, "attribute names are lower-case ASCII letters and digits")
 			}
 			e.SetExtension(a.name, a.value)
 		}
@@ -265,22 +270,25 @@ func decodeStructured(body []byte) (event.Event, error) {
 // check runs sdk-go's validation plus the non-emptiness rules and turns the
 // first complaint (in attribute order) into a rejection.
 func check(e *event.Event, prefix string) error {
-	for _, c := range []struct{ name, value string }{{"id", e.ID()}, {"source", e.Source()}, {"type", e.Type()}} {
+	// Arrays, not slices, and field names joined only for a complaint: the
+	// check runs on every event in and out, so it allocates nothing itself.
+	id, source, typ := e.ID(), e.Source(), e.Type()
+	for _, c := range [...]struct{ name, value string }{{"id", id}, {"source", source}, {"type", typ}} {
 		if strings.TrimSpace(c.value) == "" {
 			return reject(prefix+c.name, "required, must not be empty")
 		}
 	}
-	for _, c := range []struct{ name, value string }{
-		{"id", e.ID()}, {"source", e.Source()}, {"type", e.Type()}, {"subject", e.Subject()},
+	for _, c := range [...]struct{ name, value string }{
+		{"id", id}, {"source", source}, {"type", typ}, {"subject", e.Subject()},
 		{"datacontenttype", e.DataContentType()}, {"dataschema", e.DataSchema()},
 	} {
-		if err := checkString(prefix+c.name, c.value); err != nil {
+		if err := checkString(prefix, c.name, c.value); err != nil {
 			return err
 		}
 	}
 	for name, v := range e.Extensions() {
 		if s, ok := v.(string); ok {
-			if err := checkString(prefix+name, s); err != nil {
+			if err := checkString(prefix, name, s); err != nil {
 				return err
 			}
 		}
@@ -297,11 +305,17 @@ func check(e *event.Event, prefix string) error {
 	for name := range verr {
 		names = append(names, name)
 	}
-	sort.Slice(names, func(i, j int) bool {
-		return attrRank(names[i]) < attrRank(names[j]) || attrRank(names[i]) == attrRank(names[j]) && names[i] < names[j]
-	})
+	slices.SortFunc(names, compareAttrs)
 	name := names[0]
 	return reject(prefix+strings.TrimPrefix(name, "extension:"), "%v", verr[name])
+}
+
+// compareAttrs orders attribute names by rank, then by name.
+func compareAttrs(a, b string) int {
+	if c := cmp.Compare(attrRank(a), attrRank(b)); c != 0 {
+		return c
+	}
+	return strings.Compare(a, b)
 }
 
 // attrRank orders attributes: the required ones first, then the optional
@@ -367,10 +381,11 @@ func reject(field, format string, args ...any) *schemas.Rejection {
 
 // checkString refuses what the CloudEvents type system forbids in a
 // String: the control characters U+0000-U+001F and U+007F-U+009F.
-func checkString(field, v string) error {
+// The complaint names the field prefix+name.
+func checkString(prefix, name, v string) error {
 	for i, r := range v {
 		if r <= 0x1f || (r >= 0x7f && r <= 0x9f) {
-			return reject(field, "control character U+%04X at byte %d is not allowed in a CloudEvents string", r, i)
+			return reject(prefix+name, "control character U+%04X at byte %d is not allowed in a CloudEvents string", r, i)
 		}
 	}
 	return nil

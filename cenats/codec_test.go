@@ -345,3 +345,31 @@ func TestControlCharactersRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestEncodeHeaderValuesIndependent: Encode's header values share one
+// backing array; adding a value to one header (as nats.Header.Add does)
+// must leave every other header as it was.
+func TestEncodeHeaderValuesIndependent(t *testing.T) {
+	e := newEvent(t, "id-1", "//src", "subj", map[string]string{"requestid": "r1", "requestsource": "//up"}, []byte(`{}`))
+	m, err := Encode("x.y", e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := map[string][]string{}
+	for k, v := range m.Header {
+		before[k] = append([]string(nil), v...)
+	}
+	for k := range before {
+		m.Header.Add(k, "extra")
+		for other, want := range before {
+			got := m.Header[other]
+			if other == k {
+				want = append(append([]string(nil), want...), "extra")
+			}
+			if strings.Join(got, "\x00") != strings.Join(want, "\x00") {
+				t.Fatalf("after adding to %s, %s is %q, want %q", k, other, got, want)
+			}
+		}
+		m.Header[k] = m.Header[k][:1]
+	}
+}
