@@ -63,7 +63,7 @@ type sizes struct {
 }
 
 var (
-	fullSizes  = sizes{requests: 20_000, rounds: 3, workers: 64, tracking: []int{10_000, 100_000}, notify: 1_000, channels: 50}
+	fullSizes  = sizes{requests: 20_000, rounds: 5, workers: 64, tracking: []int{10_000, 100_000}, notify: 1_000, channels: 50}
 	smokeSizes = sizes{requests: 500, rounds: 1, workers: 16, tracking: []int{1_000}, notify: 60, channels: 10}
 )
 
