@@ -46,7 +46,11 @@
 // is recovered, at a drain or after a crash do not lengthen the backoff.
 // The MaxDeliver-th failure dead-letters with reason retries-exhausted, as
 // does the durable's MaxDeliver (the outer net; the MAX_DELIVERIES
-// advisory covers deliveries the handler never finished). COM
+// advisory covers deliveries the handler never finished). A create COM
+// rate-limited before taking anything (429, or a call the client's rate
+// limiter never let out) releases the claim and tries again within the
+// same delivery once the wait is over, its message kept with InProgress,
+// so a rate-limit storm spends no deliveries. COM
 // configuration faults pause submission, fail Ready and leave the requests
 // queued: nothing is fetched while paused but one probe, which a worker
 // holds with InProgress and handles again every ProbeEvery, so a long

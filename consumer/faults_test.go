@@ -39,6 +39,19 @@ func submittedOnce(t *testing.T, e *env, source string, n int) {
 	}
 }
 
+// alternating publishes n requests from source, with ids 0 to n-1, for
+// template(i) on server1 and server2 in turn.
+func (e *env) alternating(t *testing.T, source string, n int, template func(i int) string) {
+	t.Helper()
+	for i := range n {
+		res := server1
+		if i%2 == 1 {
+			res = server2
+		}
+		e.request(t, source, fmt.Sprint(i), template(i), res, nil)
+	}
+}
+
 // TestFaultyCOM: 30% 429s and 10% 5xx still end with every request
 // submitted exactly once.
 func TestFaultyCOM(t *testing.T) {
@@ -47,13 +60,7 @@ func TestFaultyCOM(t *testing.T) {
 	e.sim.SetFaults(comsim.Faults{Rate429: 0.3, Rate5xx: 0.1, RateWindow: 200 * time.Millisecond})
 	const n = 30
 	templates := []string{"server-power-on", "server-restart", "server-inventory"}
-	for i := range n {
-		res := server1
-		if i%2 == 1 {
-			res = server2
-		}
-		e.request(t, "//test/faulty", fmt.Sprint(i), templates[i%len(templates)], res, nil)
-	}
+	e.alternating(t, "//test/faulty", n, func(i int) string { return templates[i%len(templates)] })
 	cfg := testConfig(20)
 	cfg.BackoffMax = time.Second // 20 deliveries outlast the simulator's 1s rate-limit resets
 	c, reg := e.newConsumer(t, cfg, nil)
@@ -65,6 +72,33 @@ func TestFaultyCOM(t *testing.T) {
 	}
 }
 
+// TestRateLimitStormSpendsNoDeliveries: COM's budget is far below the
+// demand, so most creates meet 429. A rate-limited request waits within
+// its delivery instead of being handed back, so even with a durable that
+// delivers each message only twice every request ends submitted exactly
+// once and nothing is dead-lettered (handed back, each 429 spent a
+// delivery and the storm dead-lettered requests as retries-exhausted).
+func TestRateLimitStormSpendsNoDeliveries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 2)
+	e.sim.SetFaults(comsim.Faults{RateLimit: 2, RateWindow: 300 * time.Millisecond})
+	const n = 12
+	e.alternating(t, "//test/storm", n, func(int) string { return "server-inventory" })
+	c, reg := e.newConsumer(t, testConfig(2), nil)
+	run(t, c)
+	e.drained(t, 40*time.Second)
+	submittedOnce(t, e, "//test/storm", n)
+	if dl := e.deadLetters(t); len(dl) != 0 {
+		t.Errorf("%d dead letters, want none: %v", len(dl), dlqBySeq(dl))
+	}
+	if counter(t, reg, "comjobs_consumer_rate_limit_waits_total") == 0 {
+		t.Errorf("no create met the rate limit: the storm did not happen")
+	}
+	if got := counter(t, reg, "comjobs_consumer_retries_total"); got != 0 {
+		t.Errorf("%v deliveries handed back, want none", got)
+	}
+}
+
 // TestStopMidBatchAndRestart stops a consumer while it works and starts
 // another: nothing is lost or doubled.
 func TestStopMidBatchAndRestart(t *testing.T) {
@@ -72,13 +106,7 @@ func TestStopMidBatchAndRestart(t *testing.T) {
 	e := newEnv(t, 20)
 	e.sim.SetFaults(comsim.Faults{RateSlow: 0.5, SlowBy: 100 * time.Millisecond})
 	const n = 40
-	for i := range n {
-		res := server1
-		if i%2 == 1 {
-			res = server2
-		}
-		e.request(t, "//test/restart", fmt.Sprint(i), "server-inventory", res, nil)
-	}
+	e.alternating(t, "//test/restart", n, func(int) string { return "server-inventory" })
 	first, _ := e.newConsumer(t, testConfig(20), nil)
 	stop := run(t, first)
 	poll.Until(t, 20*time.Second, "some jobs created", func() (bool, string) {

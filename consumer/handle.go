@@ -52,6 +52,12 @@ type request struct {
 type waitErr struct {
 	delay time.Duration
 	why   string
+	// again: COM took nothing (it answered 429, or the call never left the
+	// rate limiter) and the claim is released. The delivery waits delay and
+	// tries again itself rather than handing the message back: a rate-limit
+	// storm then spends no deliveries, so it can never dead-letter a request
+	// nothing is wrong with.
+	again bool
 }
 
 func (w *waitErr) Error() string { return "wait " + w.delay.String() + ": " + w.why }
@@ -99,7 +105,7 @@ func (c *Consumer) handleMsg(stop, ctx context.Context, msg jetstream.Msg) {
 	}
 
 	stopKeepAlive := c.keepAlive(msg)
-	act := c.process(ctx, d, log)
+	act := c.process(stop, ctx, d, log)
 	if act.kind == actConfig && c.takeProbe() {
 		act = c.holdProbe(stop, ctx, d, log)
 	}
@@ -143,7 +149,7 @@ func (c *Consumer) holdProbe(stop, ctx context.Context, d delivery, log *slog.Lo
 			log.Info("handing the probe back")
 			return action{kind: actConfig}
 		}
-		act := c.process(ctx, d, log)
+		act := c.process(stop, ctx, d, log)
 		if act.kind != actConfig {
 			return act
 		}
@@ -179,10 +185,30 @@ func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
 }
 
 // process runs a delivery through the pipeline and maps the outcome onto
-// JetStream, once and here.
-func (c *Consumer) process(ctx context.Context, d delivery, log *slog.Logger) action {
-	r := &request{delivery: d, log: log}
-	err := c.submit(ctx, r)
+// JetStream, once and here. A request COM rate-limited before taking
+// anything is tried again within the delivery, its message kept alive by
+// handleMsg's InProgress, until it gets through, stop ends (shutdown) or
+// submission is paused by hand; then it is handed back.
+func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logger) action {
+	for {
+		r := &request{delivery: d, log: log}
+		err := c.submit(ctx, r)
+		var w *waitErr
+		if errors.As(err, &w) && w.again {
+			r.log.Info("waiting, holding the request", "why", w.why, "delay", w.delay)
+			c.m.rateWaits.Inc()
+			sleep(stop, w.delay)
+			if stop.Err() == nil && ctx.Err() == nil && !c.pausedByHand() {
+				continue
+			}
+		}
+		return c.outcome(ctx, r, err)
+	}
+}
+
+// outcome maps the result of one pass through the pipeline onto JetStream.
+func (c *Consumer) outcome(ctx context.Context, r *request, err error) action {
+	d := r.delivery
 	var (
 		w   *waitErr
 		rej *schemas.Rejection
@@ -490,10 +516,10 @@ func (c *Consumer) postFailed(ctx context.Context, r *request, le *ledgerEntry, 
 		until := c.now().Add(pause)
 		c.gate.block(until)
 		r.log.Warn("COM rate limit: all workers wait", "until", until)
-		return &waitErr{delay: pause + c.backoff(1), why: "COM rate limit"}
+		return &waitErr{delay: pause + c.backoff(1), why: "COM rate limit", again: true}
 	case ce != nil && notSent(ce):
 		c.release(ctx, r, rev, rh)
-		return &waitErr{delay: c.backoff(int(r.delivered)), why: "the create call was never sent: " + ce.Message}
+		return &waitErr{delay: c.backoff(int(r.delivered)), why: "the create call was never sent: " + ce.Message, again: true}
 	case com.IsConfig(err):
 		c.release(ctx, r, rev, rh)
 		return fmt.Errorf("submit job: %w", err)

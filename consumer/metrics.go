@@ -8,6 +8,7 @@ type metrics struct {
 	rejected    *prometheus.CounterVec
 	duplicates  prometheus.Counter
 	retries     prometheus.Counter
+	rateWaits   prometheus.Counter
 	deadLetters *prometheus.CounterVec
 	comLatency  prometheus.Histogram
 	paused      prometheus.Gauge
@@ -25,6 +26,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "comjobs_consumer_duplicates_total", Help: "Deliveries of requests already submitted or rejected."}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "comjobs_consumer_retries_total", Help: "Deliveries handed back with NakWithDelay."}),
+		rateWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "comjobs_consumer_rate_limit_waits_total", Help: "Creates COM rate-limited before taking anything, tried again within the same delivery."}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "comjobs_consumer_dead_letters_total", Help: "Messages copied to the dead-letter stream, by reason."}, []string{"reason"}),
 		comLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -36,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.submitted, m.rejected, m.duplicates, m.retries, m.deadLetters, m.comLatency, m.paused} {
+	for _, c := range []prometheus.Collector{m.requests, m.submitted, m.rejected, m.duplicates, m.retries, m.rateWaits, m.deadLetters, m.comLatency, m.paused} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
