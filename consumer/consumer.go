@@ -230,12 +230,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 	// The hand-off holds one batch, so the next pull overlaps the work on
 	// the last one.
-	work := make(chan jetstream.Msg, c.cfg.FetchBatch)
+	work := make(chan fetched, c.cfg.FetchBatch)
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
 		workers.Go(func() {
-			for msg := range work {
-				c.handleMsg(ctx, workCtx, msg)
+			for f := range work {
+				c.handleMsg(ctx, workCtx, f)
 			}
 		})
 	}
@@ -250,9 +250,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetchLoop pulls messages and hands them to the workers until ctx ends.
-// Messages fetched but not started when ctx ends are handed back with Nak.
-func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- jetstream.Msg) {
+// fetchLoop pulls messages and hands them to the workers until ctx ends,
+// each kept alive from its arrival. Messages fetched but not started when
+// ctx ends are handed back with Nak.
+func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- fetched) {
 	failures := 0
 	for ctx.Err() == nil {
 		n, ok := c.admit(ctx)
@@ -268,10 +269,11 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 		}
 		failures = 0
 		for msg := range batch.Messages() {
+			f := fetched{msg: msg, stopKeepAlive: c.keepAlive(msg)}
 			select {
-			case work <- msg:
+			case work <- f:
 			case <-ctx.Done():
-				_ = msg.Nak() // hand back: another replica or the next start takes it
+				f.handBack()
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
@@ -282,11 +284,11 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 
 // handBack Naks the messages fetched but not yet started, so another
 // replica or the next start takes them.
-func handBack(work <-chan jetstream.Msg) {
+func handBack(work <-chan fetched) {
 	for {
 		select {
-		case msg := <-work:
-			_ = msg.Nak()
+		case f := <-work:
+			f.handBack()
 		default:
 			return
 		}

@@ -80,16 +80,34 @@ const (
 // seqKey is the key of a request without a usable identity.
 func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 10)) }
 
+// fetched is a message from a fetch, kept alive with InProgress from the
+// moment it arrived (see keepAlive) until it is acked or handed back: a
+// message waiting for a busy worker outlives no ack wait.
+type fetched struct {
+	msg           jetstream.Msg
+	stopKeepAlive func()
+}
+
+// handBack stops keeping f alive and Naks it, so another replica or the
+// next start takes it.
+func (f fetched) handBack() {
+	f.stopKeepAlive()
+	_ = f.msg.Nak()
+}
+
 // handleMsg handles one fetched message to its end: Ack, NakWithDelay or
-// Term. It keeps the message alive with InProgress while it works, and
-// while it holds the message as the probe of a configuration fault, which
-// it does until the fault clears, a manual pause, or stop ends (Run's
-// context: the probe is then handed back).
-func (c *Consumer) handleMsg(stop, ctx context.Context, msg jetstream.Msg) {
+// Term. The message is kept alive with InProgress while it waits for a
+// worker and while it is worked on, including while it is held as the
+// probe of a configuration fault, which it is until the fault clears, a
+// manual pause, or stop ends (Run's context: the probe is then handed
+// back).
+func (c *Consumer) handleMsg(stop, ctx context.Context, f fetched) {
+	msg, stopKeepAlive := f.msg, f.stopKeepAlive
 	c.m.requests.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
 		c.log.Error("message without metadata: handing it back", "subject", msg.Subject(), "err", err)
+		stopKeepAlive()
 		_ = msg.NakWithDelay(c.cfg.BackoffBase)
 		return
 	}
@@ -100,11 +118,11 @@ func (c *Consumer) handleMsg(stop, ctx context.Context, msg jetstream.Msg) {
 		// Fetched just before `comjobs pause` took effect: nothing is
 		// submitted after a pause, so it goes back to the queue.
 		log.Info("submission paused by hand: handing back")
+		stopKeepAlive()
 		_ = msg.NakWithDelay(c.cfg.ProbeEvery)
 		return
 	}
 
-	stopKeepAlive := c.keepAlive(msg)
 	act := c.process(stop, ctx, d, log)
 	if act.kind == actConfig && c.takeProbe() {
 		act = c.holdProbe(stop, ctx, d, log)
@@ -188,7 +206,8 @@ func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
 // JetStream, once and here. A request COM rate-limited before taking
 // anything is tried again within the delivery, its message kept alive by
 // handleMsg's InProgress, until it gets through, stop ends (shutdown) or
-// submission is paused by hand; then it is handed back.
+// submission is paused (by hand or by a configuration fault); then it is
+// handed back.
 func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logger) action {
 	for {
 		r := &request{delivery: d, log: log}
@@ -197,13 +216,31 @@ func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logg
 		if errors.As(err, &w) && w.again {
 			r.log.Info("waiting, holding the request", "why", w.why, "delay", w.delay)
 			c.m.rateWaits.Inc()
-			sleep(stop, w.delay)
-			if stop.Err() == nil && ctx.Err() == nil && !c.pausedByHand() {
+			if c.holdFor(stop, w.delay) && ctx.Err() == nil {
 				continue
 			}
 		}
 		return c.outcome(ctx, r, err)
 	}
+}
+
+// holdFor waits d for a held request and reports whether it may try again:
+// not once stop ended or submission was paused, by hand or by a
+// configuration fault, meanwhile (a pause wakes it at once).
+func (c *Consumer) holdFor(stop context.Context, d time.Duration) bool {
+	c.mu.Lock()
+	changed := c.changed
+	c.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-changed:
+	case <-stop.Done():
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return stop.Err() == nil && !c.manual && c.fault == nil
 }
 
 // outcome maps the result of one pass through the pipeline onto JetStream.
