@@ -54,11 +54,13 @@ func Encode(subject string, e event.Event) (*nats.Msg, error) {
 		return nil, fmt.Errorf("encode event for %s: %v", subject, err)
 	}
 	exts := e.Extensions()
-	h := make(nats.Header, 8+len(exts))
+	// Nine fixed headers at most: specversion, id, source, type, subject,
+	// time, dataschema, datacontenttype and content-type.
+	h := make(nats.Header, 9+len(exts))
 	// Every value is a one-element slice of one backing array: one
 	// allocation instead of one per header. The capacity of each is one, so
 	// an append to one header cannot overwrite the next.
-	vals := make([]string, 0, 8+len(exts))
+	vals := make([]string, 0, 9+len(exts))
 	set := func(k, v string) {
 		vals = append(vals, v)
 		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]

@@ -50,8 +50,10 @@ type wireResource struct {
 // leaves the time zero (the rest of the job is still worth having). For
 // v1beta* jobs the resource comes from resource.resourceUri, else
 // associatedResourceUri, and the template id from jobTemplateUri; a URI that
-// ParseResourceURI refuses leaves ResourceType and ResourceID empty. DecodeJob
-// never panics, whatever the input.
+// ParseResourceURI refuses leaves ResourceType and ResourceID empty. A key
+// given twice keeps its last non-null value (objects are merged), as
+// encoding/json does for value fields. DecodeJob never panics, whatever the
+// input.
 func DecodeJob(body []byte) (*Job, error) {
 	var w wireJob
 	// Unmarshal, not a Decoder: it refuses trailing data too, without a

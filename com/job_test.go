@@ -51,6 +51,8 @@ func TestDecodeJob(t *testing.T) {
 			State: "COMPLETE", ResultCode: &success, Status: "Complete", Generation: 6,
 			CreatedAt: time.Date(2022, 8, 4, 18, 52, 26, 278608000, time.UTC), UpdatedAt: time.Date(2022, 8, 4, 18, 54, 9, 903588000, time.UTC),
 		}, false},
+		{"a key given twice keeps its last non-null value", `{"id":"j1","state":"RUNNING","state":null,"generation":7,"generation":null}`,
+			com.Job{ID: "j1", State: "RUNNING", Generation: 7}, false},
 		{"seed v1beta2 has no resultCode", seedV1beta2Job, com.Job{
 			ID: "2b8540fc-f275-48bb-ae4b-bf9a42b6cc91", Name: "GroupFirmwareCompliance",
 			TemplateID: "23b8ba2a-6c46-4223-b028-919382c7dcac", ResourceType: com.ResourceGroup,
