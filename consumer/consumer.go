@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
 )
@@ -165,33 +166,43 @@ func (c *Consumer) Ready() error {
 // started. It returns nil after a clean drain, or the error that stopped it
 // from starting.
 func (c *Consumer) Run(ctx context.Context) error {
-	kv, err := c.d.JS.KeyValue(ctx, schemas.BucketLedger)
+	var (
+		stream  jetstream.Stream
+		cons    jetstream.Consumer
+		watcher jetstream.KeyWatcher
+	)
+	// A cluster that does not answer yet (a server restarting, a leader
+	// election) is waited for; a missing bucket or durable is not.
+	err := startup.Retry(ctx, c.log, "consumer start", startup.Wait, func(ctx context.Context) error {
+		kv, err := c.d.JS.KeyValue(ctx, schemas.BucketLedger)
+		if err != nil {
+			return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
+		}
+		ledgerStream, err := c.d.JS.Stream(ctx, "KV_"+schemas.BucketLedger)
+		if err != nil {
+			return fmt.Errorf("consumer: ledger stream: %w", err)
+		}
+		c.ledger = ledger{kv: kv, js: c.d.JS, st: ledgerStream}
+		control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
+		if err != nil {
+			return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)
+		}
+		if stream, err = c.d.JS.Stream(ctx, c.cfg.Stream); err != nil {
+			return fmt.Errorf("consumer: stream %s: %w", c.cfg.Stream, err)
+		}
+		if cons, err = c.d.JS.Consumer(ctx, c.cfg.Stream, c.cfg.Durable); err != nil {
+			return fmt.Errorf("consumer: durable %s on %s: %w", c.cfg.Durable, c.cfg.Stream, err)
+		}
+		if watcher, err = control.Watch(ctx, PauseKey); err != nil {
+			return fmt.Errorf("consumer: watch %s: %w", PauseKey, err)
+		}
+		if err := c.initialPause(ctx, watcher); err != nil {
+			_ = watcher.Stop()
+			return err
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
-	}
-	ledgerStream, err := c.d.JS.Stream(ctx, "KV_"+schemas.BucketLedger)
-	if err != nil {
-		return fmt.Errorf("consumer: ledger stream: %w", err)
-	}
-	c.ledger = ledger{kv: kv, js: c.d.JS, st: ledgerStream}
-	control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
-	if err != nil {
-		return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)
-	}
-	stream, err := c.d.JS.Stream(ctx, c.cfg.Stream)
-	if err != nil {
-		return fmt.Errorf("consumer: stream %s: %w", c.cfg.Stream, err)
-	}
-	cons, err := c.d.JS.Consumer(ctx, c.cfg.Stream, c.cfg.Durable)
-	if err != nil {
-		return fmt.Errorf("consumer: durable %s on %s: %w", c.cfg.Durable, c.cfg.Stream, err)
-	}
-	watcher, err := control.Watch(ctx, PauseKey)
-	if err != nil {
-		return fmt.Errorf("consumer: watch %s: %w", PauseKey, err)
-	}
-	if err := c.initialPause(ctx, watcher); err != nil {
-		_ = watcher.Stop()
 		return err
 	}
 	advisories, stopAdvisories, err := c.subscribeAdvisories()

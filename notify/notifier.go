@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/comjobs/comjobs/cenats"
+	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -168,13 +169,22 @@ type item struct {
 // finish, so nothing is lost. It returns an error only when it cannot start
 // (missing bucket or consumer).
 func (n *Notifier) Run(ctx context.Context) error {
-	kv, err := n.js.KeyValue(ctx, schemas.BucketNotified)
+	var (
+		kv   jetstream.KeyValue
+		cons jetstream.Consumer
+	)
+	err := startup.Retry(ctx, n.log, "notifier start", startup.Wait, func(ctx context.Context) error {
+		var err error
+		if kv, err = n.js.KeyValue(ctx, schemas.BucketNotified); err != nil {
+			return fmt.Errorf("notifier: bucket %s: %w", schemas.BucketNotified, err)
+		}
+		if cons, err = n.js.Consumer(ctx, schemas.StreamEvents, schemas.DurableNotifier); err != nil {
+			return fmt.Errorf("notifier: consumer %s on %s: %w", schemas.DurableNotifier, schemas.StreamEvents, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("notifier: bucket %s: %w", schemas.BucketNotified, err)
-	}
-	cons, err := n.js.Consumer(ctx, schemas.StreamEvents, schemas.DurableNotifier)
-	if err != nil {
-		return fmt.Errorf("notifier: consumer %s on %s: %w", schemas.DurableNotifier, schemas.StreamEvents, err)
+		return err
 	}
 	n.kv = kv
 	n.stopping = ctx.Done()

@@ -209,27 +209,57 @@ func verb(existed bool) string {
 	return "created"
 }
 
-// Check verifies that every stream, bucket and durable consumer exists,
-// naming all that are missing.
+// Check verifies that every stream, bucket and durable consumer exists. Its
+// error is a *CheckError naming all that are missing and every lookup
+// JetStream did not answer.
 func Check(ctx context.Context, js jetstream.JetStream) error {
-	var missing []string
-	for _, sc := range Streams(Options{}) {
-		if _, err := js.Stream(ctx, sc.Name); err != nil {
-			missing = append(missing, "stream "+sc.Name+" ("+err.Error()+")")
+	e := &CheckError{}
+	note := func(what string, err error) {
+		switch {
+		case err == nil:
+		case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrBucketNotFound),
+			errors.Is(err, jetstream.ErrConsumerNotFound):
+			e.Missing = append(e.Missing, what+" ("+err.Error()+")")
+		default:
+			e.Unanswered = append(e.Unanswered, what+" ("+err.Error()+")")
 		}
+	}
+	for _, sc := range Streams(Options{}) {
+		_, err := js.Stream(ctx, sc.Name)
+		note("stream "+sc.Name, err)
 	}
 	for _, kc := range Buckets(Options{}) {
-		if _, err := js.KeyValue(ctx, kc.Bucket); err != nil {
-			missing = append(missing, "bucket "+kc.Bucket+" ("+err.Error()+")")
-		}
+		_, err := js.KeyValue(ctx, kc.Bucket)
+		note("bucket "+kc.Bucket, err)
 	}
 	for _, c := range Consumers(Options{}) {
-		if _, err := js.Consumer(ctx, c.Stream, c.Config.Durable); err != nil {
-			missing = append(missing, "consumer "+c.Config.Durable+" ("+err.Error()+")")
-		}
+		_, err := js.Consumer(ctx, c.Stream, c.Config.Durable)
+		note("consumer "+c.Config.Durable, err)
 	}
-	if len(missing) > 0 {
-		return fmt.Errorf("topology incomplete, run `comjobs setup`: missing %s", strings.Join(missing, "; "))
+	if len(e.Missing) > 0 || len(e.Unanswered) > 0 {
+		return e
 	}
 	return nil
 }
+
+// CheckError is what Check found wrong: things that do not exist, and
+// lookups JetStream did not answer (a server restarting, no leader yet).
+type CheckError struct {
+	Missing    []string
+	Unanswered []string
+}
+
+func (e *CheckError) Error() string {
+	var parts []string
+	if len(e.Missing) > 0 {
+		parts = append(parts, "topology incomplete, run `comjobs setup`: missing "+strings.Join(e.Missing, "; "))
+	}
+	if len(e.Unanswered) > 0 {
+		parts = append(parts, "JetStream did not answer for "+strings.Join(e.Unanswered, "; "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// Transient reports a check that found nothing missing, only lookups
+// JetStream did not answer: worth trying again shortly.
+func (e *CheckError) Transient() bool { return len(e.Missing) == 0 }

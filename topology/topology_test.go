@@ -2,6 +2,7 @@ package topology_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -29,8 +30,13 @@ func TestEnsureIdempotentAndKeepsData(t *testing.T) {
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
 
-	if err := topology.Check(ctx, js); err == nil {
-		t.Fatal("Check on an empty server: want error naming what is missing")
+	err = topology.Check(ctx, js)
+	var ce *topology.CheckError
+	if !errors.As(err, &ce) || len(ce.Missing) != 10 || len(ce.Unanswered) != 0 || ce.Transient() {
+		t.Fatalf("Check on an empty server: %v, want a CheckError naming everything as missing, not transient", err)
+	}
+	if !strings.Contains(err.Error(), "run `comjobs setup`") {
+		t.Errorf("Check on an empty server says %q, want it to send the operator to comjobs setup", err)
 	}
 	rep, err := topology.Ensure(ctx, js, topology.Options{Replicas: 1})
 	if err != nil {
@@ -112,5 +118,20 @@ func TestClusterR3(t *testing.T) {
 	}
 	if _, err := js.Publish(ctx, schemas.RequestSubject("x"), []byte(`{}`)); err != nil {
 		t.Fatalf("publish after restart: %v", err)
+	}
+
+	// Two of three servers down: nothing is missing, JetStream just does
+	// not answer. The check says so, and that it is worth waiting out.
+	c.Stop(1)
+	c.Stop(2)
+	short, cancelShort := context.WithTimeout(ctx, 3*time.Second)
+	defer cancelShort()
+	err = topology.Check(short, js)
+	var ce *topology.CheckError
+	if !errors.As(err, &ce) || len(ce.Missing) != 0 || len(ce.Unanswered) == 0 || !ce.Transient() {
+		t.Fatalf("Check without quorum: %v, want a transient CheckError with unanswered lookups only", err)
+	}
+	if strings.Contains(err.Error(), "comjobs setup") {
+		t.Errorf("Check without quorum says %q: nothing is missing", err)
 	}
 }

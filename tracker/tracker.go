@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/publisher"
 	"github.com/comjobs/comjobs/schemas"
 	"github.com/comjobs/comjobs/topology"
@@ -152,13 +153,19 @@ func (t *Tracker) Run(ctx context.Context) error {
 		return errors.New("tracker: Run called twice")
 	}
 	defer t.running.Store(false)
-	kv, err := t.js.KeyValue(ctx, schemas.BucketJobs)
+	var kv, ctl jetstream.KeyValue
+	err := startup.Retry(ctx, t.log, "tracker start", startup.Wait, func(ctx context.Context) error {
+		var err error
+		if kv, err = t.js.KeyValue(ctx, schemas.BucketJobs); err != nil {
+			return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", schemas.BucketJobs, err)
+		}
+		if ctl, err = t.js.KeyValue(ctx, topology.BucketControl); err != nil {
+			return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", topology.BucketControl, err)
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", schemas.BucketJobs, err)
-	}
-	ctl, err := t.js.KeyValue(ctx, topology.BucketControl)
-	if err != nil {
-		return fmt.Errorf("tracker: open bucket %s (run `comjobs setup`): %w", topology.BucketControl, err)
+		return err
 	}
 	t.mu.Lock()
 	t.kv, t.ctl = kv, ctl

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/comjobs/comjobs/consumer"
+	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/notify"
 	"github.com/comjobs/comjobs/notify/console"
 	slacksink "github.com/comjobs/comjobs/notify/slack"
@@ -107,7 +108,11 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		}
 	}()
 	if in.embedded == nil {
-		if err := topology.Check(ctx, in.js); err != nil {
+		// A cluster that does not answer yet (a server restarting, a
+		// leader election) is waited for; a missing topology is not.
+		if err := startup.Retry(ctx, logger, "topology check", startup.Wait, func(ctx context.Context) error {
+			return topology.Check(ctx, in.js)
+		}); err != nil {
 			return nil, err
 		}
 	}
