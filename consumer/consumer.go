@@ -173,30 +173,31 @@ func (c *Consumer) Run(ctx context.Context) error {
 	)
 	// A cluster that does not answer yet (a server restarting, a leader
 	// election) is waited for; a missing bucket or durable is not.
-	err := startup.Retry(ctx, c.log, "consumer start", startup.Wait, func(ctx context.Context) error {
-		kv, err := c.d.JS.KeyValue(ctx, schemas.BucketLedger)
+	err := startup.Retry(ctx, c.log, "consumer start", startup.Wait, func(sctx context.Context) error {
+		kv, err := c.d.JS.KeyValue(sctx, schemas.BucketLedger)
 		if err != nil {
 			return fmt.Errorf("consumer: ledger bucket %s: %w", schemas.BucketLedger, err)
 		}
-		ledgerStream, err := c.d.JS.Stream(ctx, "KV_"+schemas.BucketLedger)
+		ledgerStream, err := c.d.JS.Stream(sctx, "KV_"+schemas.BucketLedger)
 		if err != nil {
 			return fmt.Errorf("consumer: ledger stream: %w", err)
 		}
 		c.ledger = ledger{kv: kv, js: c.d.JS, st: ledgerStream}
-		control, err := c.d.JS.KeyValue(ctx, topology.BucketControl)
+		control, err := c.d.JS.KeyValue(sctx, topology.BucketControl)
 		if err != nil {
 			return fmt.Errorf("consumer: control bucket %s: %w", topology.BucketControl, err)
 		}
-		if stream, err = c.d.JS.Stream(ctx, c.cfg.Stream); err != nil {
+		if stream, err = c.d.JS.Stream(sctx, c.cfg.Stream); err != nil {
 			return fmt.Errorf("consumer: stream %s: %w", c.cfg.Stream, err)
 		}
-		if cons, err = c.d.JS.Consumer(ctx, c.cfg.Stream, c.cfg.Durable); err != nil {
+		if cons, err = c.d.JS.Consumer(sctx, c.cfg.Stream, c.cfg.Durable); err != nil {
 			return fmt.Errorf("consumer: durable %s on %s: %w", c.cfg.Durable, c.cfg.Stream, err)
 		}
+		// The watcher lives as long as Run (ctx), not the start-up bound.
 		if watcher, err = control.Watch(ctx, PauseKey); err != nil {
 			return fmt.Errorf("consumer: watch %s: %w", PauseKey, err)
 		}
-		if err := c.initialPause(ctx, watcher); err != nil {
+		if err := c.initialPause(sctx, watcher); err != nil {
 			_ = watcher.Stop()
 			return err
 		}
@@ -240,17 +241,25 @@ func (c *Consumer) Run(ctx context.Context) error {
 	defer stopAdvisories()
 
 	// The hand-off holds one batch, so the next pull overlaps the work on
-	// the last one.
+	// the last one. A pull asks for no more than the hand-off has room for
+	// (slots: one token per free place, given back as a worker takes a
+	// message), so every message the server delivered is in the hand-off
+	// or with a worker, kept alive, never waiting unseen in the client.
 	work := make(chan fetched, c.cfg.FetchBatch)
+	slots := make(chan struct{}, c.cfg.FetchBatch)
+	for range c.cfg.FetchBatch {
+		slots <- struct{}{}
+	}
 	var workers sync.WaitGroup
 	for range c.cfg.Workers {
 		workers.Go(func() {
 			for f := range work {
+				slots <- struct{}{}
 				c.handleMsg(ctx, workCtx, f)
 			}
 		})
 	}
-	c.fetchLoop(ctx, cons, work)
+	c.fetchLoop(ctx, cons, work, slots)
 	handBack(work)
 	close(work)
 	workers.Wait()
@@ -262,17 +271,23 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 // fetchLoop pulls messages and hands them to the workers until ctx ends,
-// each kept alive from its arrival. Messages fetched but not started when
-// ctx ends are handed back with Nak.
-func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- fetched) {
+// each kept alive from its arrival. It holds a slot for every message it
+// asks for, so handing one over never blocks. Messages fetched but not
+// started when ctx ends are handed back with Nak.
+func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- fetched, slots chan struct{}) {
 	failures := 0
 	for ctx.Err() == nil {
 		n, ok := c.admit(ctx)
 		if !ok {
 			return
 		}
-		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(c.cfg.FetchWait))
+		held := takeSlots(ctx, slots, n)
+		if held == 0 {
+			return
+		}
+		batch, err := cons.Fetch(held, jetstream.FetchMaxWait(c.cfg.FetchWait))
 		if err != nil {
+			giveSlots(slots, held)
 			failures++
 			c.log.Warn("fetch failed", "err", err)
 			sleep(ctx, c.backoff(failures))
@@ -281,15 +296,49 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 		failures = 0
 		for msg := range batch.Messages() {
 			f := fetched{msg: msg, stopKeepAlive: c.keepAlive(msg)}
+			held--
 			select {
-			case work <- f:
+			case work <- f: // never blocks: a slot was held for it
 			case <-ctx.Done():
 				f.handBack()
 			}
 		}
+		giveSlots(slots, held)
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			c.log.Warn("fetch ended with an error", "err", err)
 		}
+	}
+}
+
+// takeSlots waits until half of n slots of the hand-off are free (at
+// least one), so pulls stay large while the hand-off still feeds the
+// workers, then takes up to n without waiting, and returns how many it
+// holds (0 once ctx ended).
+func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
+	held := 0
+	for want := max(1, n/2); held < want; held++ {
+		select {
+		case <-slots:
+		case <-ctx.Done():
+			giveSlots(slots, held)
+			return 0
+		}
+	}
+	for held < n {
+		select {
+		case <-slots:
+			held++
+		default:
+			return held
+		}
+	}
+	return held
+}
+
+// giveSlots returns n slots the fetch did not use.
+func giveSlots(slots chan struct{}, n int) {
+	for range n {
+		slots <- struct{}{}
 	}
 }
 

@@ -1,10 +1,12 @@
 package consumer
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -96,6 +98,41 @@ func TestRateLimitStormSpendsNoDeliveries(t *testing.T) {
 	}
 	if got := counter(t, reg, "comjobs_consumer_retries_total"); got != 0 {
 		t.Errorf("%v deliveries handed back, want none", got)
+	}
+}
+
+// slowFirstCreate is a COM whose first create takes hold before it is
+// made; every call is the real client's.
+type slowFirstCreate struct {
+	COM
+	hold  time.Duration
+	calls atomic.Int32
+}
+
+func (s *slowFirstCreate) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	if s.calls.Add(1) == 1 {
+		time.Sleep(s.hold)
+	}
+	return s.COM.Create(ctx, r)
+}
+
+// TestWaitingMessagesStayAlive: one worker is held far past the ack wait
+// while the rest of its pull waits. Every fetched message is kept alive
+// from its arrival and no pull asks for more than the hand-off holds, so
+// nothing is redelivered: one delivery per request.
+func TestWaitingMessagesStayAlive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	const n = 6
+	e.alternating(t, "//test/alive", n, func(int) string { return "server-inventory" })
+	cfg := testConfig(20)
+	cfg.Workers, cfg.FetchBatch = 1, 3
+	c, reg := e.newConsumer(t, cfg, func(d *Deps) { d.COM = &slowFirstCreate{COM: d.COM, hold: testAckWait * 5 / 2} })
+	run(t, c)
+	e.drained(t, 30*time.Second)
+	submittedOnce(t, e, "//test/alive", n)
+	if got := counter(t, reg, "comjobs_consumer_requests_total"); got != n {
+		t.Errorf("%v deliveries handled for %d requests: messages waiting for the worker were redelivered", got, n)
 	}
 }
 

@@ -229,8 +229,11 @@ func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logg
 // configuration fault, meanwhile (a pause wakes it at once).
 func (c *Consumer) holdFor(stop context.Context, d time.Duration) bool {
 	c.mu.Lock()
-	changed := c.changed
+	changed, paused := c.changed, c.manual || c.fault != nil
 	c.mu.Unlock()
+	if paused || stop.Err() != nil {
+		return false // paused before the wait began
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
