@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -220,8 +221,10 @@ func Check(ctx context.Context, js jetstream.JetStream) error {
 		case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrBucketNotFound),
 			errors.Is(err, jetstream.ErrConsumerNotFound):
 			e.Missing = append(e.Missing, what+" ("+err.Error()+")")
-		default:
+		case startup.Transient(err):
 			e.Unanswered = append(e.Unanswered, what+" ("+err.Error()+")")
+		default:
+			e.Refused = append(e.Refused, what+" ("+err.Error()+")")
 		}
 	}
 	for _, sc := range Streams(Options{}) {
@@ -236,17 +239,19 @@ func Check(ctx context.Context, js jetstream.JetStream) error {
 		_, err := js.Consumer(ctx, c.Stream, c.Config.Durable)
 		note("consumer "+c.Config.Durable, err)
 	}
-	if len(e.Missing) > 0 || len(e.Unanswered) > 0 {
+	if len(e.Missing) > 0 || len(e.Unanswered) > 0 || len(e.Refused) > 0 {
 		return e
 	}
 	return nil
 }
 
-// CheckError is what Check found wrong: things that do not exist, and
-// lookups JetStream did not answer (a server restarting, no leader yet).
+// CheckError is what Check found wrong: things that do not exist, lookups
+// JetStream did not answer (a server restarting, no leader yet), and
+// lookups it refused (JetStream not enabled, for example).
 type CheckError struct {
 	Missing    []string
 	Unanswered []string
+	Refused    []string
 }
 
 func (e *CheckError) Error() string {
@@ -254,12 +259,16 @@ func (e *CheckError) Error() string {
 	if len(e.Missing) > 0 {
 		parts = append(parts, "topology incomplete, run `comjobs setup`: missing "+strings.Join(e.Missing, "; "))
 	}
+	if len(e.Refused) > 0 {
+		parts = append(parts, "JetStream refused the lookup of "+strings.Join(e.Refused, "; "))
+	}
 	if len(e.Unanswered) > 0 {
-		parts = append(parts, "JetStream did not answer for "+strings.Join(e.Unanswered, "; "))
+		parts = append(parts, "JetStream did not answer for "+strings.Join(e.Unanswered, "; ")+
+			" (a server restarting or electing a leader; no responders at all: is JetStream enabled?)")
 	}
 	return strings.Join(parts, "; ")
 }
 
-// Transient reports a check that found nothing missing, only lookups
-// JetStream did not answer: worth trying again shortly.
-func (e *CheckError) Transient() bool { return len(e.Missing) == 0 }
+// Transient reports a check whose only trouble is lookups JetStream did
+// not answer: worth trying again shortly.
+func (e *CheckError) Transient() bool { return len(e.Missing) == 0 && len(e.Refused) == 0 }

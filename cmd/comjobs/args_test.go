@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 )
 
 func TestParseInterspersed(t *testing.T) {
@@ -95,5 +97,38 @@ func TestRoleFailureStopsTheService(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "COMJOBS_HTTP_ADDR") {
 		t.Fatalf("the error does not name COMJOBS_HTTP_ADDR:\n%s", stderr.String())
+	}
+}
+
+// TestRunWaitsForJetStream: against a NATS server without JetStream the
+// topology check gets no answer. run waits (saying so) instead of exiting
+// with a missing-topology error, and a stop during that wait is a clean
+// exit.
+func TestRunWaitsForJetStream(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	defer s.Shutdown()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Setenv("COMJOBS_NATS_URL", s.ClientURL())
+	t.Setenv("COMJOBS_HTTP_ADDR", "")
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	start := time.Now()
+	code := Main(ctx, []string{"run", "--roles", "notifier"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("run stopped while waiting for JetStream exited %d, want 0:\n%s", code, stderr.String())
+	}
+	if time.Since(start) < 2*time.Second {
+		t.Fatalf("run returned after %s, before it was stopped:\n%s", time.Since(start), stderr.String())
+	}
+	logs := stdout.String() + stderr.String()
+	if !strings.Contains(logs, "JetStream does not answer yet") || strings.Contains(logs, "run `comjobs setup`") {
+		t.Fatalf("run's output should say it waits for JetStream, not that the topology is missing:\n%s", logs)
 	}
 }

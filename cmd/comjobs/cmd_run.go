@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/comjobs/comjobs/consumer"
 	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/notify"
@@ -58,6 +60,12 @@ func cmdRun(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: 2, err: err}
 	}
 	svc, err := startService(ctx, env, roles, serviceOptions{infra: infraOptions{embedNATS: true, simulate: true, needCOM: roles[roleConsumer] || roles[roleTracker], banner: env.Stderr}})
+	if err != nil && ctx.Err() != nil {
+		// Stopped (SIGTERM, SIGINT) while waiting for NATS to answer:
+		// nothing had started, so that is a clean stop.
+		env.Logger.Info("stopped before start-up finished", "err", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -111,7 +119,13 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		// A cluster that does not answer yet (a server restarting, a
 		// leader election) is waited for; a missing topology is not.
 		if err := startup.Retry(ctx, logger, "topology check", startup.Wait, func(ctx context.Context) error {
-			return topology.Check(ctx, in.js)
+			err := topology.Check(ctx, in.js)
+			if le := in.nc.LastError(); err != nil && errors.Is(le, nats.ErrPermissionViolation) {
+				// A denied JetStream API call looks like a timeout; the
+				// connection knows better. Not worth waiting for.
+				return fmt.Errorf("%v; NATS refused this user: %v", err, le)
+			}
+			return err
 		}); err != nil {
 			return nil, err
 		}

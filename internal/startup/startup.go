@@ -8,6 +8,7 @@ package startup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -37,6 +38,10 @@ func Transient(err error) bool {
 	}
 	var ae *jetstream.APIError
 	if errors.As(err, &ae) {
+		switch ae.ErrorCode {
+		case jetstream.JSErrCodeJetStreamNotEnabled, jetstream.JSErrCodeJetStreamNotEnabledForAccount:
+			return false // a 503 too, but configuration, not a moment
+		}
 		// 503: "JetStream system temporarily unavailable", "cluster not
 		// available", no leader for the stream or consumer.
 		return ae.Code == 503
@@ -48,18 +53,23 @@ func Transient(err error) bool {
 
 // Retry calls fn until it succeeds, fails with an error that is not
 // Transient, ctx ends, or within has passed since the first call; it
-// returns fn's last error (or ctx's). Between calls it waits 200 ms,
+// returns fn's last error (or ctx's). fn's context ends at that bound, so
+// a call that hangs cannot stretch it. Between calls it waits 200 ms,
 // doubling up to 5 s, and logs each wait with what was being done.
 func Retry(ctx context.Context, log *slog.Logger, what string, within time.Duration, fn func(context.Context) error) error {
 	deadline := time.Now().Add(within)
+	bounded, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	delay := 200 * time.Millisecond
 	for {
-		err := fn(ctx)
-		if err == nil || !Transient(err) || ctx.Err() != nil || time.Now().Add(delay).After(deadline) {
-			if err != nil && ctx.Err() != nil {
-				return errors.Join(ctx.Err(), err)
-			}
+		err := fn(bounded)
+		switch {
+		case err == nil || !Transient(err):
 			return err
+		case ctx.Err() != nil:
+			return errors.Join(ctx.Err(), err)
+		case bounded.Err() != nil || time.Now().Add(delay).After(deadline):
+			return fmt.Errorf("%s: gave up after %s: %w", what, within, err)
 		}
 		log.Warn("JetStream does not answer yet: trying again", "what", what, "in", delay, "err", err)
 		t := time.NewTimer(delay)

@@ -30,6 +30,8 @@ func TestTransient(t *testing.T) {
 		{jetstream.ErrStreamNotFound, false},
 		{jetstream.ErrBucketNotFound, false},
 		{&jetstream.APIError{Code: 403, Description: "permissions violation"}, false},
+		{jetstream.ErrJetStreamNotEnabled, false},
+		{jetstream.ErrJetStreamNotEnabledForAccount, false},
 		{context.Canceled, false},
 		{fmt.Errorf("topology: %w", checkErr{true}), true},
 		{checkErr{false}, false},
@@ -69,6 +71,16 @@ func TestRetry(t *testing.T) {
 	err = Retry(ctx, log, "x", 500*time.Millisecond, func(context.Context) error { return nats.ErrNoResponders })
 	if !errors.Is(err, nats.ErrNoResponders) || time.Since(start) > 2*time.Second {
 		t.Fatalf("transient for ever: err %v after %s, want ErrNoResponders within about 0.5 s", err, time.Since(start))
+	}
+
+	// A call that hangs is cut at the bound: fn's context ends there.
+	start = time.Now()
+	err = Retry(ctx, log, "x", 300*time.Millisecond, func(ctx context.Context) error {
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+		t.Fatalf("hanging call: err %v after %s, want the bound's deadline within about 0.3 s", err, time.Since(start))
 	}
 
 	// The caller's context ends the wait.
