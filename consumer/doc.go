@@ -39,6 +39,11 @@
 // the owner record, the oldest job no request owns) and publishes the
 // event again under the same dedupe id.
 //
+// Every fetched message is kept alive with InProgress from its arrival
+// until it is acked or handed back, and a pull asks for no more than the
+// hand-off to the workers has room for, so a message waiting for a busy
+// worker never outlives its ack wait and spends no delivery.
+//
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay
 // with exponential backoff and jitter, by the request's count of transient
