@@ -2,6 +2,7 @@ package tracker_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -376,4 +377,68 @@ func FuzzWebhook(f *testing.F) {
 			t.Fatalf("status %d for %q", w.Code, body)
 		}
 	})
+}
+
+// TestChildrenAdoptedWithTheParent: a group job's children are running or
+// ended in COM when the parent's submitted event reaches the tracker (a
+// backlog of events, a tracker restart). The polls skipped them while the
+// parent was not tracked, and a child that ended is not listed again
+// unless the poller's watermark moves back, which a change of poller can
+// lose. Tracking the parent adopts them at once: here no replica polls at
+// all (another instance holds the lease), and every child is still
+// tracked, with its first observation published.
+func TestChildrenAdoptedWithTheParent(t *testing.T) {
+	e := newEnv(t, "v1", comsim.Options{Timing: comsim.Timing{PendingFor: 20 * time.Millisecond, RunFor: 50 * time.Millisecond}})
+	ctl, err := e.js.KeyValue(e.ctx, topology.BucketControl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := ctl.Create(e.ctx, tracker.LeaseKey, []byte(`{"holder":"elsewhere"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ghost, stopGhost := context.WithCancel(e.ctx)
+	defer stopGhost()
+	go func() { // the other instance renews its lease, so this one never polls
+		for ghost.Err() == nil {
+			if r, err := ctl.Update(ghost, tracker.LeaseKey, []byte(`{"holder":"elsewhere"}`), rev); err == nil {
+				rev = r
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	tr, _ := e.start(fastConfig("t1"), nil)
+	tpl, _ := com.Lookup("group-os-installation")
+	parent, err := e.com.Create(e.ctx, com.CreateRequest{TemplateID: tpl.ID, ResourceType: com.ResourceGroup, ResourceID: comsim.DefaultGroup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var children []string
+	waitFor(t, "the children ended in COM", func() bool {
+		children = children[:0]
+		ended := true
+		for _, j := range e.sim.Jobs() {
+			if j.ParentJobID == parent.ID {
+				children = append(children, j.ID)
+				ended = ended && schemas.IsTerminal(j.State)
+			}
+		}
+		return len(children) > 0 && ended
+	})
+	e.publishSubmitted(parent, tpl)
+	waitFor(t, "every child's first observation", func() bool {
+		seen := map[string]bool{}
+		for _, ev := range e.events() {
+			seen[ev.CESubj] = true
+		}
+		for _, id := range children {
+			if !seen[id] {
+				return false
+			}
+		}
+		return true
+	})
+	if tr.Leading() {
+		t.Fatal("the tracker polled: the test meant it not to")
+	}
 }

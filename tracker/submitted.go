@@ -111,6 +111,13 @@ func (t *Tracker) handleSubmitted(ctx context.Context, m jetstream.Msg) {
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
+	if rec.ParentJobID == "" && rec.Resource.Type == com.ResourceGroup {
+		if err := t.adoptChildren(ctx, rec); err != nil {
+			log.Warn("adopting the group job's children failed, will retry", "job", d.JobID, "err", err)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+	}
 	if err := m.Ack(); err != nil {
 		log.Warn("ack submitted event", "job", d.JobID, "err", err)
 	}
@@ -151,6 +158,31 @@ func (t *Tracker) track(ctx context.Context, rec Record, job *com.Job) error {
 		mu.Unlock()
 		return fmt.Errorf("create record of job %s: %w", rec.JobID, err)
 	}
+}
+
+// adoptChildren tracks the children COM has already started for group job
+// parent, once parent is tracked. The polls skip a child whose parent is
+// not tracked yet, and one that ended by then is not listed again unless
+// the poller's watermark moves back for the parent (which a change of
+// poller can lose); adopting them here does not depend on the poller.
+// Children started later are adopted by the polls. One list call per
+// group job.
+func (t *Tracker) adoptChildren(ctx context.Context, parent Record) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+	)
+	err := t.walk(ctx, com.ListOptions{Filter: fmt.Sprintf("parentJobId eq '%s'", parent.JobID)}, func(j *com.Job) {
+		if j.ParentJobID != parent.JobID {
+			return
+		}
+		if err := t.adopt(ctx, parent, j); err != nil && !errors.Is(err, ErrNotTracked) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+		}
+	})
+	return errors.Join(append(errs, err)...)
 }
 
 // adopt starts tracking child, a job whose parent is tracked: it inherits the
