@@ -112,9 +112,20 @@ func (t *Tracker) handleSubmitted(ctx context.Context, m jetstream.Msg) {
 		return
 	}
 	if rec.ParentJobID == "" && rec.Resource.Type == com.ResourceGroup {
+		// While COM rate-limits the tracker, or after a failed list, the
+		// event comes back later (backing off by its deliveries) rather
+		// than adding calls to a spent budget.
+		retry := time.Second
+		if md, err := m.Metadata(); err == nil {
+			retry = min(time.Second<<min(md.NumDelivered, 6), time.Minute)
+		}
+		if t.paused() {
+			_ = m.NakWithDelay(retry)
+			return
+		}
 		if err := t.adoptChildren(ctx, rec); err != nil {
-			log.Warn("adopting the group job's children failed, will retry", "job", d.JobID, "err", err)
-			_ = m.NakWithDelay(time.Second)
+			log.Warn("adopting the group job's children failed, will retry", "job", d.JobID, "err", err, "in", retry)
+			_ = m.NakWithDelay(retry)
 			return
 		}
 	}
