@@ -277,13 +277,21 @@ func (c *Consumer) Run(ctx context.Context) error {
 func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work chan<- fetched, slots chan struct{}) {
 	failures := 0
 	for ctx.Err() == nil {
-		n, ok := c.admit(ctx)
-		if !ok {
-			return
-		}
-		held := takeSlots(ctx, slots, n)
+		// Room first, then the decision to fetch: waiting for room can take
+		// long when the workers are slow, and a pause that began meanwhile
+		// must stop this pull.
+		held := takeSlots(ctx, slots, c.cfg.FetchBatch)
 		if held == 0 {
 			return
+		}
+		n, ok := c.admit(ctx)
+		if !ok {
+			giveSlots(slots, held)
+			return
+		}
+		if n < held {
+			giveSlots(slots, held-n)
+			held = n
 		}
 		batch, err := cons.Fetch(held, jetstream.FetchMaxWait(c.cfg.FetchWait))
 		if err != nil {
