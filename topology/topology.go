@@ -216,12 +216,15 @@ func verb(existed bool) string {
 func Check(ctx context.Context, js jetstream.JetStream) error {
 	e := &CheckError{}
 	note := func(what string, err error) {
+		if err != nil {
+			e.errs = append(e.errs, err)
+		}
 		switch {
 		case err == nil:
 		case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrBucketNotFound),
 			errors.Is(err, jetstream.ErrConsumerNotFound):
 			e.Missing = append(e.Missing, what+" ("+err.Error()+")")
-		case startup.Transient(err):
+		case startup.Transient(err), errors.Is(err, context.Canceled):
 			e.Unanswered = append(e.Unanswered, what+" ("+err.Error()+")")
 		default:
 			e.Refused = append(e.Refused, what+" ("+err.Error()+")")
@@ -252,7 +255,11 @@ type CheckError struct {
 	Missing    []string
 	Unanswered []string
 	Refused    []string
+	errs       []error
 }
+
+// Unwrap returns the lookups' errors, for errors.Is and errors.As.
+func (e *CheckError) Unwrap() []error { return e.errs }
 
 func (e *CheckError) Error() string {
 	var parts []string

@@ -116,8 +116,9 @@ func TestRunWaitsForJetStream(t *testing.T) {
 	}
 	t.Setenv("COMJOBS_NATS_URL", s.ClientURL())
 	t.Setenv("COMJOBS_HTTP_ADDR", "")
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	ctx, cancel := context.WithCancel(t.Context()) // cancelled, as a signal does
 	defer cancel()
+	time.AfterFunc(3*time.Second, cancel)
 	var stdout, stderr bytes.Buffer
 	start := time.Now()
 	code := Main(ctx, []string{"run", "--roles", "notifier"}, &stdout, &stderr)

@@ -60,7 +60,7 @@ func cmdRun(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: 2, err: err}
 	}
 	svc, err := startService(ctx, env, roles, serviceOptions{infra: infraOptions{embedNATS: true, simulate: true, needCOM: roles[roleConsumer] || roles[roleTracker], banner: env.Stderr}})
-	if err != nil && ctx.Err() != nil {
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		// Stopped (SIGTERM, SIGINT) while waiting for NATS to answer:
 		// nothing had started, so that is a clean stop.
 		env.Logger.Info("stopped before start-up finished", "err", err)

@@ -64,10 +64,12 @@ func Retry(ctx context.Context, log *slog.Logger, what string, within time.Durat
 	for {
 		err := fn(bounded)
 		switch {
-		case err == nil || !Transient(err):
-			return err
-		case ctx.Err() != nil:
+		case err == nil:
+			return nil
+		case ctx.Err() != nil: // stopped: say so, whatever the call made of it
 			return errors.Join(ctx.Err(), err)
+		case !Transient(err):
+			return err
 		case bounded.Err() != nil || time.Now().Add(delay).After(deadline):
 			return fmt.Errorf("%s: gave up after %s: %w", what, within, err)
 		}
