@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/comjobs/comjobs/internal/startup"
@@ -211,19 +212,25 @@ func verb(existed bool) string {
 }
 
 // Check verifies that every stream, bucket and durable consumer exists. Its
-// error is a *CheckError naming all that are missing and every lookup
-// JetStream did not answer.
+// error is a *CheckError naming all that are missing, every lookup
+// JetStream refused and every lookup it did not answer.
 func Check(ctx context.Context, js jetstream.JetStream) error {
 	e := &CheckError{}
 	note := func(what string, err error) {
+		var denied error
 		if err != nil {
 			e.errs = append(e.errs, err)
+			denied = deniedByNATS(js)
 		}
 		switch {
 		case err == nil:
 		case errors.Is(err, jetstream.ErrStreamNotFound), errors.Is(err, jetstream.ErrBucketNotFound),
 			errors.Is(err, jetstream.ErrConsumerNotFound):
 			e.Missing = append(e.Missing, what+" ("+err.Error()+")")
+		case denied != nil:
+			// A denied JetStream API call looks like a timeout; the
+			// connection knows better. Not worth waiting for.
+			e.Refused = append(e.Refused, what+" ("+err.Error()+"; "+denied.Error()+")")
 		case startup.Transient(err), errors.Is(err, context.Canceled):
 			e.Unanswered = append(e.Unanswered, what+" ("+err.Error()+")")
 		default:
@@ -244,6 +251,17 @@ func Check(ctx context.Context, js jetstream.JetStream) error {
 	}
 	if len(e.Missing) > 0 || len(e.Unanswered) > 0 || len(e.Refused) > 0 {
 		return e
+	}
+	return nil
+}
+
+// deniedByNATS returns the connection's last error when it is a
+// permissions violation (the user may not call the JetStream API), else nil.
+func deniedByNATS(js jetstream.JetStream) error {
+	if nc := js.Conn(); nc != nil {
+		if le := nc.LastError(); errors.Is(le, nats.ErrPermissionViolation) {
+			return le
+		}
 	}
 	return nil
 }

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/comjobs/comjobs/consumer"
 	"github.com/comjobs/comjobs/internal/startup"
 	"github.com/comjobs/comjobs/notify"
@@ -119,13 +117,7 @@ func startService(ctx context.Context, env *Env, roles map[string]bool, o servic
 		// A cluster that does not answer yet (a server restarting, a
 		// leader election) is waited for; a missing topology is not.
 		if err := startup.Retry(ctx, logger, "topology check", startup.Wait, func(ctx context.Context) error {
-			err := topology.Check(ctx, in.js)
-			if le := in.nc.LastError(); err != nil && errors.Is(le, nats.ErrPermissionViolation) {
-				// A denied JetStream API call looks like a timeout; the
-				// connection knows better. Not worth waiting for.
-				return fmt.Errorf("%v; NATS refused this user: %v", err, le)
-			}
-			return err
+			return topology.Check(ctx, in.js)
 		}); err != nil {
 			return nil, err
 		}
