@@ -29,16 +29,21 @@ import (
 
 var (
 	full       = flag.Bool("bench.table", false, "run TestBenchTable at full size and print the table (make bench)")
-	profileDir = flag.String("bench.profile", "", "write a CPU profile of each measured phase into this directory")
+	profileDir = flag.String("bench.profile", "", "write CPU and allocation profiles of each measured phase into this directory")
 	only       = flag.String("bench.only", "", "run only the TestBenchTable rows whose name starts with this (pipeline, tracking, notifying)")
+	rounds     = flag.Int("bench.rounds", 0, "pipeline rounds at full size (default 5)")
 )
 
-// profile CPU-profiles one phase into -bench.profile/<name>.pprof; the
-// returned stop ends it. Without the flag it does nothing.
+// profile CPU-profiles one phase into -bench.profile/<name>.pprof and
+// writes the allocation profile at its start and end (<name>.allocs.base,
+// <name>.allocs: `go tool pprof -sample_index=alloc_space -base` shows the
+// phase's own allocations); the returned stop ends it. Without the flag it
+// does nothing.
 func profile(t testing.TB, name string) (stop func()) {
 	if *profileDir == "" {
 		return func() {}
 	}
+	writeAllocs(t, name+".allocs.base")
 	f, err := os.Create(filepath.Join(*profileDir, name+".pprof"))
 	if err != nil {
 		t.Fatal(err)
@@ -49,6 +54,19 @@ func profile(t testing.TB, name string) (stop func()) {
 	return func() {
 		pprof.StopCPUProfile()
 		_ = f.Close()
+		writeAllocs(t, name+".allocs")
+	}
+}
+
+// writeAllocs writes the allocation profile so far into -bench.profile/file.
+func writeAllocs(t testing.TB, file string) {
+	f, err := os.Create(filepath.Join(*profileDir, file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -79,6 +97,9 @@ func TestBenchTable(t *testing.T) {
 	sz := smokeSizes
 	if *full {
 		sz = fullSizes
+		if *rounds > 0 {
+			sz.rounds = *rounds
+		}
 	}
 	var rows []row
 	measure := func(name string, fn func(t *testing.T) []row) {

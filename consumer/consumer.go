@@ -89,6 +89,9 @@ type Consumer struct {
 	changed chan struct{} // closed and replaced on every pause change
 
 	running atomic.Bool
+	// inflight holds the goroutines of requests that left their batch
+	// (see handleBatch) and of creates; Run waits for them.
+	inflight sync.WaitGroup
 }
 
 // New checks cfg and deps and returns a Consumer; it does not touch NATS.
@@ -250,12 +253,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for range c.cfg.FetchBatch {
 		slots <- struct{}{}
 	}
+	// Workers places bound the requests being handled, in a batch or
+	// alone; each worker takes a batch of up to maxBatch at a time.
+	places := make(chan struct{}, c.cfg.Workers)
+	size := min(c.cfg.Workers, maxBatch)
 	var workers sync.WaitGroup
-	for range c.cfg.Workers {
+	for range (c.cfg.Workers + size - 1) / size {
 		workers.Go(func() {
-			for f := range work {
-				slots <- struct{}{}
-				c.handleMsg(ctx, workCtx, f)
+			for {
+				fs := take(work, slots, places, size)
+				if fs == nil {
+					return
+				}
+				c.handleBatch(ctx, workCtx, fs)
 			}
 		})
 	}
@@ -263,6 +273,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	handBack(work)
 	close(work)
 	workers.Wait()
+	c.inflight.Wait()
 	cancelWork()
 	stopAdvisories()
 	wg.Wait()
@@ -341,6 +352,43 @@ func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
 		}
 	}
 	return held
+}
+
+// take waits for a free place among the workers and a message, then takes
+// up to n-1 more messages already waiting, each with a place of its own
+// while one is free. It gives the hand-off a slot back per message taken,
+// and returns nil once work is closed and empty.
+func take(work <-chan fetched, slots, places chan struct{}, n int) []fetched {
+	places <- struct{}{}
+	f, ok := <-work
+	if !ok {
+		<-places
+		return nil
+	}
+	slots <- struct{}{}
+	f.places = places
+	out := []fetched{f}
+	for len(out) < n {
+		select {
+		case places <- struct{}{}:
+		default:
+			return out
+		}
+		select {
+		case f, ok := <-work:
+			if !ok {
+				<-places
+				return out
+			}
+			slots <- struct{}{}
+			f.places = places
+			out = append(out, f)
+		default:
+			<-places
+			return out
+		}
+	}
+	return out
 }
 
 // giveSlots returns n slots the fetch did not use.

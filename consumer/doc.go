@@ -39,6 +39,20 @@
 // the owner record, the oldest job no request owns) and publishes the
 // event again under the same dedupe id.
 //
+// Workers take fetched messages in batches (up to 32 each; Config.Workers
+// bounds the requests handled at once, in batches or alone) and take a
+// batch through the fresh path step by step: every request's claim and
+// mark are sent before any is awaited, the creates run at once, then the
+// owner records, the submitted events and the submitted records go out
+// the same way, and the messages are acked. Messages then share the
+// connection's writes and JetStream's answers and one goroutine waits per
+// step instead of one per request, which costs a fifth less CPU per
+// request than a worker per request (make bench). A request that leaves
+// the common path at any step — it does not validate, its claim exists,
+// a write is refused or fails, COM refuses or fails the create, its
+// create is far slower than the batch's others — goes on alone from that
+// step down the same code, so it ends exactly as it would have.
+//
 // Every fetched message is kept alive with InProgress from its arrival
 // until it is acked or handed back, and a pull asks for no more than the
 // hand-off to the workers has room for, so a message waiting for a busy

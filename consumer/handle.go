@@ -86,6 +86,9 @@ func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 
 type fetched struct {
 	msg           jetstream.Msg
 	stopKeepAlive func()
+	// places is the worker places one of which a worker took with the
+	// message (nil before): free gives it back.
+	places chan struct{}
 }
 
 // handBack stops keeping f alive and Naks it, so another replica or the
@@ -95,39 +98,62 @@ func (f fetched) handBack() {
 	_ = f.msg.Nak()
 }
 
-// handleMsg handles one fetched message to its end: Ack, NakWithDelay or
-// Term. The message is kept alive with InProgress while it waits for a
-// worker and while it is worked on, including while it is held as the
-// probe of a configuration fault, which it is until the fault clears, a
-// manual pause, or stop ends (Run's context: the probe is then handed
-// back).
-func (c *Consumer) handleMsg(stop, ctx context.Context, f fetched) {
-	msg, stopKeepAlive := f.msg, f.stopKeepAlive
+// free gives back the worker place the message held, once it is settled.
+func (f fetched) free() {
+	if f.places != nil {
+		<-f.places
+	}
+}
+
+// begin counts a fetched message and reads its delivery. A message that
+// cannot be handled now (no metadata, or submission paused by hand) is
+// handed back and freed, and ok is false.
+func (c *Consumer) begin(f fetched) (d delivery, log *slog.Logger, ok bool) {
+	msg := f.msg
 	c.m.requests.Inc()
 	meta, err := msg.Metadata()
 	if err != nil {
 		c.log.Error("message without metadata: handing it back", "subject", msg.Subject(), "err", err)
-		stopKeepAlive()
+		f.stopKeepAlive()
 		_ = msg.NakWithDelay(c.cfg.BackoffBase)
-		return
+		f.free()
+		return d, nil, false
 	}
-	d := delivery{subject: msg.Subject(), header: msg.Headers(), data: msg.Data(),
+	d = delivery{subject: msg.Subject(), header: msg.Headers(), data: msg.Data(),
 		seq: meta.Sequence.Stream, delivered: meta.NumDelivered}
-	log := c.log.With("seq", d.seq, "subject", d.subject, "delivery", d.delivered)
+	log = c.log.With("seq", d.seq, "subject", d.subject, "delivery", d.delivered)
 	if c.pausedByHand() {
 		// Fetched just before `comjobs pause` took effect: nothing is
 		// submitted after a pause, so it goes back to the queue.
 		log.Info("submission paused by hand: handing back")
-		stopKeepAlive()
+		f.stopKeepAlive()
 		_ = msg.NakWithDelay(c.cfg.ProbeEvery)
-		return
+		f.free()
+		return d, nil, false
 	}
+	return d, log, true
+}
 
-	act := c.process(stop, ctx, d, log)
+// alone handles one message to its end on its own: Ack, NakWithDelay or
+// Term. first, when set, is a pass through the pipeline a batch began
+// (see handleBatch); without it the message is handled from the start.
+// The message is kept alive with InProgress while it waits for a worker
+// and while it is worked on, including while it is held as the probe of a
+// configuration fault, which it is until the fault clears, a manual
+// pause, or stop ends (Run's context: the probe is then handed back).
+func (c *Consumer) alone(stop, ctx context.Context, f fetched, d delivery, log *slog.Logger, first *attempt) {
+	c.settle(stop, ctx, f, d, log, c.process(stop, ctx, d, log, first))
+}
+
+// settle ends a message as act says and frees its worker place. A
+// configuration fault makes it the probe first, when no worker holds one.
+func (c *Consumer) settle(stop, ctx context.Context, f fetched, d delivery, log *slog.Logger, act action) {
+	msg := f.msg
+	defer f.free()
 	if act.kind == actConfig && c.takeProbe() {
 		act = c.holdProbe(stop, ctx, d, log)
 	}
-	stopKeepAlive()
+	f.stopKeepAlive()
 	if act.kind == actConfig {
 		// Another worker holds the probe: this one comes back once
 		// submission resumes (nothing is fetched while paused).
@@ -167,7 +193,7 @@ func (c *Consumer) holdProbe(stop, ctx context.Context, d delivery, log *slog.Lo
 			log.Info("handing the probe back")
 			return action{kind: actConfig}
 		}
-		act := c.process(stop, ctx, d, log)
+		act := c.process(stop, ctx, d, log, nil)
 		if act.kind != actConfig {
 			return act
 		}
@@ -202,16 +228,32 @@ func (c *Consumer) keepAlive(msg jetstream.Msg) (stop func()) {
 	}
 }
 
+// attempt is a pass through the pipeline that a batch began: the request
+// and the rest of the pass from where the batch left it.
+type attempt struct {
+	r    *request
+	rest func() error
+}
+
 // process runs a delivery through the pipeline and maps the outcome onto
-// JetStream, once and here. A request COM rate-limited before taking
-// anything is tried again within the delivery, its message kept alive by
-// handleMsg's InProgress, until it gets through, stop ends (shutdown) or
-// submission is paused (by hand or by a configuration fault); then it is
-// handed back.
-func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logger) action {
+// JetStream, once and here; first, when set, is the first pass, begun by
+// a batch. A request COM rate-limited before taking anything is tried
+// again within the delivery, its message kept alive by its InProgress,
+// until it gets through, stop ends (shutdown) or submission is paused (by
+// hand or by a configuration fault); then it is handed back.
+func (c *Consumer) process(stop, ctx context.Context, d delivery, log *slog.Logger, first *attempt) action {
 	for {
-		r := &request{delivery: d, log: log}
-		err := c.submit(ctx, r)
+		var (
+			r   *request
+			err error
+		)
+		if first != nil {
+			r, err = first.r, c.resume(ctx, first.r, first.rest)
+			first = nil
+		} else {
+			r = &request{delivery: d, log: log}
+			err = c.submit(ctx, r)
+		}
 		var w *waitErr
 		if errors.As(err, &w) && w.again {
 			r.log.Info("waiting, holding the request", "why", w.why, "delay", w.delay)
@@ -322,6 +364,26 @@ func (c *Consumer) submit(ctx context.Context, r *request) error {
 			return err
 		}
 	}
+	return c.submitByLedger(ctx, r, decodeErr)
+}
+
+// resume runs the rest of a pass a batch began on the fresh path. A claim
+// that turned out to exist sends the request down the general path, as
+// claimFirst does.
+func (c *Consumer) resume(ctx context.Context, r *request, rest func() error) error {
+	if rest == nil {
+		return c.submit(ctx, r)
+	}
+	err := rest()
+	if errors.Is(err, errConflict) {
+		return c.submitByLedger(ctx, r, nil)
+	}
+	return err
+}
+
+// submitByLedger is the general path: the ledger's state of the request
+// decides what is left to do. decodeErr is the request's decoding error.
+func (c *Consumer) submitByLedger(ctx context.Context, r *request, decodeErr error) error {
 	for range 3 {
 		le, rev, err := c.ledger.get(ctx, r.key)
 		if err != nil {
@@ -367,11 +429,7 @@ func (c *Consumer) submit(ctx context.Context, r *request) error {
 // path: it did not validate, policy refused it, or a claim already exists
 // (then the ledger is read and its state decides).
 func (c *Consumer) claimFirst(ctx context.Context, r *request) (err error, done bool) {
-	if c.resolve(r, nil) != nil {
-		r.res = nil
-		return nil, false
-	}
-	if c.d.Policy.Decide(r.ev.Source(), r.res.Template, r.res.Resource) != nil {
+	if !c.eligible(r) {
 		return nil, false
 	}
 	err = c.fresh(ctx, r)
@@ -379,6 +437,16 @@ func (c *Consumer) claimFirst(ctx context.Context, r *request) (err error, done 
 		return nil, false
 	}
 	return err, true
+}
+
+// eligible validates a decoded request and asks the policy: it reports
+// whether the request may take the fresh path.
+func (c *Consumer) eligible(r *request) bool {
+	if c.resolve(r, nil) != nil {
+		r.res = nil
+		return false
+	}
+	return c.d.Policy.Decide(r.ev.Source(), r.res.Template, r.res.Resource) == nil
 }
 
 // resolve validates the request. For a request with an unresolved claim an
@@ -425,44 +493,103 @@ func (c *Consumer) fresh(ctx context.Context, r *request) error {
 	if err := c.gate.wait(ctx, c.now); err != nil {
 		return err
 	}
-	t, rs := r.res.Template, r.res.Resource
-	rh := resHash(t.ID, rs.Type, rs.ID)
-	now := c.now()
-	le := &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
-		TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
-		Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}
-	b, err := json.Marshal(le)
-	if err != nil {
-		return fmt.Errorf("ledger encode: %w", err)
-	}
-	claim, err := c.ledger.casAsync(reqKey(r.key), b, "", 0)
+	w, err := c.startClaim(r)
 	if err != nil {
 		return err
 	}
-	lockRev := c.locks.get(rh)
-	fly, ferr := c.ledger.startFlightAsync(rh, r.key, now, lockRev)
-	rev, err := c.ledger.casEnd(ctx, claim, reqKey(r.key), b, 0)
-	if ferr == nil {
-		ferr = wait(ctx, fly)
+	return c.afterClaim(ctx, r, w)
+}
+
+// claimWrite is a fresh request's claim and in-flight mark, sent together,
+// and what JetStream answered to them once awaited.
+type claimWrite struct {
+	le      *ledgerEntry
+	b       []byte // le encoded
+	rh      string
+	now     time.Time
+	lockRev uint64 // the lock revision the mark was checked against
+	claim   jetstream.PubAckFuture
+	fly     jetstream.PubAckFuture
+
+	awaited   bool
+	rev       uint64 // the claim's revision
+	claimErr  error
+	flightErr error
+}
+
+// startClaim sends the claim and the in-flight mark without waiting.
+func (c *Consumer) startClaim(r *request) (*claimWrite, error) {
+	t, rs := r.res.Template, r.res.Resource
+	now := c.now()
+	w := &claimWrite{rh: resHash(t.ID, rs.Type, rs.ID), now: now,
+		le: &ledgerEntry{State: stateClaimed, ClaimedAt: now, Owner: c.cfg.Owner,
+			TemplateID: t.ID, ResourceType: rs.Type, ResourceID: rs.ID,
+			Source: r.res.Source, ID: r.res.ID, UpdatedAt: now}}
+	var err error
+	if w.b, err = json.Marshal(w.le); err != nil {
+		return nil, fmt.Errorf("ledger encode: %w", err)
 	}
+	if w.claim, err = c.ledger.casAsync(reqKey(r.key), w.b, "", 0); err != nil {
+		return nil, err
+	}
+	w.lockRev = c.locks.get(w.rh)
+	w.fly, w.flightErr = c.ledger.startFlightAsync(w.rh, r.key, now, w.lockRev)
+	if w.flightErr != nil {
+		w.fly = nil
+	}
+	return w, nil
+}
+
+// await waits for JetStream's answers to the claim and the mark (once).
+func (w *claimWrite) await(ctx context.Context) {
+	if w.awaited {
+		return
+	}
+	w.awaited = true
+	w.rev, w.claimErr = waitSeq(ctx, w.claim)
+	if w.fly != nil {
+		w.flightErr = wait(ctx, w.fly)
+	}
+}
+
+// stored reports that both the claim and the mark were stored as sent.
+func (w *claimWrite) stored() bool { return w.claimErr == nil && w.flightErr == nil }
+
+// afterClaim waits for the claim and the mark, then posts.
+func (c *Consumer) afterClaim(ctx context.Context, r *request, w *claimWrite) error {
+	rev, err := c.endClaim(ctx, r, w)
+	if err != nil {
+		return err
+	}
+	c.d.Hook("after-claim")
+	return c.post(ctx, r, w.le, rev, w.rh)
+}
+
+// endClaim waits for the claim and the mark and returns the claim's
+// revision. A claim that exists already is errConflict; a refused mark is
+// written past the lock, and a mark that cannot be written releases the
+// claim. Once both were stored (w.stored) it does not wait.
+func (c *Consumer) endClaim(ctx context.Context, r *request, w *claimWrite) (uint64, error) {
+	w.await(ctx)
+	rev, err := c.ledger.casSettle(ctx, reqKey(r.key), w.b, 0, w.rev, w.claimErr)
 	if err != nil {
 		// A mark that was stored stays: it is read against the claim
 		// that exists (see ledger.flights).
-		return err
+		return 0, err
 	}
+	ferr := w.flightErr
 	if isConflict(ferr) {
-		ferr = c.flyPastLock(ctx, r, rh, now, lockRev)
+		ferr = c.flyPastLock(ctx, r, w.rh, w.now, w.lockRev)
 	}
 	if ferr != nil {
-		c.release(ctx, r, rev, rh)
-		var w *waitErr
-		if errors.As(ferr, &w) {
-			return ferr
+		c.release(ctx, r, rev, w.rh)
+		var we *waitErr
+		if errors.As(ferr, &we) {
+			return 0, ferr
 		}
-		return fmt.Errorf("ledger in-flight mark: %w", ferr)
+		return 0, fmt.Errorf("ledger in-flight mark: %w", ferr)
 	}
-	c.d.Hook("after-claim")
-	return c.post(ctx, r, le, rev, rh)
+	return rev, nil
 }
 
 // flyPastLock writes the in-flight mark after it was refused at lock
@@ -521,23 +648,44 @@ func (c *Consumer) breakStaleLock(ctx context.Context, rh, holder string) (bool,
 
 // post creates the job in COM under a claim and records it.
 func (c *Consumer) post(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string) error {
+	job, err := c.create(ctx, r, le)
+	return c.afterPost(ctx, r, le, rev, rh, job, err)
+}
+
+// create makes the COM call of a claimed request.
+func (c *Consumer) create(ctx context.Context, r *request, le *ledgerEntry) (*com.Job, error) {
 	callCtx, cancel := context.WithTimeout(ctx, c.cfg.POSTTimeout*9/10)
+	defer cancel()
 	start := time.Now()
 	job, err := c.d.COM.Create(callCtx, com.CreateRequest{
 		TemplateID: le.TemplateID, ResourceType: le.ResourceType, ResourceID: le.ResourceID, Params: r.res.Params,
 	})
-	cancel()
 	c.m.comLatency.Observe(time.Since(start).Seconds())
-	// From here on the ledger must be written even if ctx ends.
-	bg, cancelBG := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	return job, err
+}
+
+// recordCtx is the context the ledger is written in after a create: it
+// outlives ctx (a job COM created must be recorded) by at most 15 s.
+func recordCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+}
+
+// afterPost records the job a create returned, or sorts its failure.
+func (c *Consumer) afterPost(ctx context.Context, r *request, le *ledgerEntry, rev uint64, rh string, job *com.Job, err error) error {
+	bg, cancelBG := recordCtx(ctx)
 	defer cancelBG()
 	if err != nil {
 		return c.postFailed(bg, r, le, rev, rh, err)
 	}
+	c.posted(r, job)
+	return c.record(bg, r, le, rev, job)
+}
+
+// posted notes a create that returned a job.
+func (c *Consumer) posted(r *request, job *com.Job) {
 	c.comWorks()
 	c.d.Hook("after-post")
 	r.log.Info("COM created the job", "jobId", job.ID)
-	return c.record(bg, r, le, rev, job)
 }
 
 // postFailed sorts a failed create: not sent (429, configuration) releases
@@ -620,34 +768,62 @@ func (c *Consumer) release(ctx context.Context, r *request, rev uint64, rh strin
 // The in-flight mark stays: once the owner record is durable it no longer
 // holds anyone back (see ledger.flights), and a recovery clears it.
 func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev uint64, job *com.Job) error {
-	mine, err := c.ledger.own(ctx, job.ID, r.key)
+	f, err := c.ledger.ownAsync(job.ID, r.key)
+	if err == nil {
+		err = c.owned(ctx, f, job.ID, r.key)
+	}
 	if err != nil {
 		return err
 	}
-	if !mine {
-		return fmt.Errorf("job %s is owned by another request", job.ID)
-	}
 	c.d.Hook("after-owner")
-	je := jobEvent(job, r.res, c.now())
-	if err := je.Check(); err != nil {
-		return fmt.Errorf("submitted event for job %s: %w", job.ID, err)
-	}
-	data, err := json.Marshal(je)
-	if err != nil {
-		return fmt.Errorf("encode job event: %w", err)
-	}
-	f, err := c.startSubmitted(r, le.TemplateID, job.ID, data, true)
+	f, err = c.startEvent(r, le.TemplateID, job)
 	if err == nil {
 		err = c.await(ctx, f)
 	}
 	if err != nil {
-		return fmt.Errorf("publish submitted event for job %s: %w", job.ID, err)
+		return eventErr(job.ID, err)
 	}
 	c.d.Hook("after-event")
-	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateSubmitted, job.ID, nil, nil, c.now()
+	submittedAs(le, job, c.now())
 	err = c.finish(ctx, r, le, rev)
 	c.d.Hook("after-ledger")
 	return err
+}
+
+// owned waits for the owner record's write (ledger.ownAsync) and fails
+// unless the request owns the job.
+func (c *Consumer) owned(ctx context.Context, f jetstream.PubAckFuture, jobID, requestKey string) error {
+	mine, err := c.ledger.ownEnd(ctx, f, jobID, requestKey)
+	if err != nil {
+		return err
+	}
+	if !mine {
+		return fmt.Errorf("job %s is owned by another request", jobID)
+	}
+	return nil
+}
+
+// startEvent builds, checks and sends the submitted event for job without
+// waiting.
+func (c *Consumer) startEvent(r *request, templateID string, job *com.Job) (jetstream.PubAckFuture, error) {
+	je := jobEvent(job, r.res, c.now())
+	if err := je.Check(); err != nil {
+		return nil, fmt.Errorf("submitted event for job %s: %w", job.ID, err)
+	}
+	data, err := json.Marshal(je)
+	if err != nil {
+		return nil, fmt.Errorf("encode job event: %w", err)
+	}
+	return c.startSubmitted(r, templateID, job.ID, data, true)
+}
+
+func eventErr(jobID string, err error) error {
+	return fmt.Errorf("publish submitted event for job %s: %w", jobID, err)
+}
+
+// submittedAs makes le the ledger's submitted record of job.
+func submittedAs(le *ledgerEntry, job *com.Job, now time.Time) {
+	le.State, le.JobID, le.Event, le.PostEndedAt, le.UpdatedAt = stateSubmitted, job.ID, nil, nil, now
 }
 
 // publishSubmitted publishes the submitted event kept in a ledger entry
@@ -688,7 +864,16 @@ func (c *Consumer) startSubmitted(r *request, templateID, jobID string, data []b
 // finish writes le (state submitted) over revision rev: the submitted
 // event is in the stream.
 func (c *Consumer) finish(ctx context.Context, r *request, le *ledgerEntry, rev uint64) error {
-	_, err := c.ledger.put(ctx, r.key, le, rev)
+	f, b, err := c.ledger.putAsync(r.key, le, rev)
+	if err != nil {
+		return err
+	}
+	return c.endFinish(ctx, r, le, rev, f, b)
+}
+
+// endFinish waits for finish's write, b sent as f.
+func (c *Consumer) endFinish(ctx context.Context, r *request, le *ledgerEntry, rev uint64, f jetstream.PubAckFuture, b []byte) error {
+	_, err := c.ledger.casEnd(ctx, f, reqKey(r.key), b, rev)
 	if errors.Is(err, errConflict) {
 		cur, _, gerr := c.ledger.get(ctx, r.key)
 		if gerr != nil {

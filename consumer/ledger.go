@@ -111,6 +111,11 @@ func (l ledger) casAsync(key string, value []byte, guard string, rev uint64) (je
 // KeyValue.Create does.
 func (l ledger) casEnd(ctx context.Context, f jetstream.PubAckFuture, key string, value []byte, rev uint64) (uint64, error) {
 	n, err := waitSeq(ctx, f)
+	return l.casSettle(ctx, key, value, rev, n, err)
+}
+
+// casSettle is casEnd once the write's answer (n, err) is in.
+func (l ledger) casSettle(ctx context.Context, key string, value []byte, rev, n uint64, err error) (uint64, error) {
 	if err == nil {
 		return n, nil
 	}
@@ -245,24 +250,46 @@ var errConflict = errors.New("ledger conflict")
 // put writes the entry: created when rev is 0, else compare-and-set against
 // rev. It returns the new revision, or errConflict.
 func (l ledger) put(ctx context.Context, requestKey string, le *ledgerEntry, rev uint64) (uint64, error) {
-	b, err := json.Marshal(le)
-	if err != nil {
-		return 0, fmt.Errorf("ledger encode: %w", err)
-	}
-	f, err := l.casAsync(reqKey(requestKey), b, "", rev)
+	f, b, err := l.putAsync(requestKey, le, rev)
 	if err != nil {
 		return 0, err
 	}
 	return l.casEnd(ctx, f, reqKey(requestKey), b, rev)
 }
 
+// putAsync sends put's write without waiting; casEnd with the returned
+// encoding waits for it.
+func (l ledger) putAsync(requestKey string, le *ledgerEntry, rev uint64) (jetstream.PubAckFuture, []byte, error) {
+	b, err := json.Marshal(le)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ledger encode: %w", err)
+	}
+	f, err := l.casAsync(reqKey(requestKey), b, "", rev)
+	return f, b, err
+}
+
 // own records that requestKey owns jobID. It reports false when another
 // request already owns it.
 func (l ledger) own(ctx context.Context, jobID, requestKey string) (bool, error) {
-	f, err := l.casAsync(jobKey(jobID), []byte(requestKey), "", 0)
-	if err == nil {
-		_, err = l.casEnd(ctx, f, jobKey(jobID), []byte(requestKey), 0)
+	f, err := l.ownAsync(jobID, requestKey)
+	if err != nil {
+		return false, err
 	}
+	return l.ownEnd(ctx, f, jobID, requestKey)
+}
+
+// ownAsync sends own's write without waiting; ownEnd waits for it.
+func (l ledger) ownAsync(jobID, requestKey string) (jetstream.PubAckFuture, error) {
+	f, err := l.casAsync(jobKey(jobID), []byte(requestKey), "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("ledger own job %s: %w", jobID, err)
+	}
+	return f, nil
+}
+
+// ownEnd waits for ownAsync's write and reports whether requestKey owns jobID.
+func (l ledger) ownEnd(ctx context.Context, f jetstream.PubAckFuture, jobID, requestKey string) (bool, error) {
+	_, err := l.casEnd(ctx, f, jobKey(jobID), []byte(requestKey), 0)
 	if errors.Is(err, errConflict) {
 		e, gerr := l.kv.Get(ctx, jobKey(jobID))
 		if gerr != nil {

@@ -1,0 +1,250 @@
+package consumer
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/comjobs/comjobs/com"
+)
+
+// maxBatch bounds how many requests one worker takes through the fresh
+// path together; Config.Workers is shared among ⌈Workers/maxBatch⌉ workers.
+const maxBatch = 32
+
+// stragglerGrace is how much longer than the first half of a batch's
+// creates took the batch waits for the rest before it goes on without them.
+const stragglerGrace = 50 * time.Millisecond
+
+// item is one request of a batch on the fresh path.
+type item struct {
+	f   fetched
+	d   delivery
+	log *slog.Logger
+	r   *request
+	w   *claimWrite
+	job *com.Job
+	err error // the create's
+	fut jetstream.PubAckFuture
+	b   []byte // the submitted record, sent as fut
+	// post is who goes on after the create: postRunning while it runs,
+	// postToBatch when the batch took the result, postAlone when the
+	// batch went on without it and the create's goroutine finishes it.
+	post atomic.Int32
+}
+
+const (
+	postRunning = iota
+	postToBatch
+	postAlone
+)
+
+// handleBatch takes the messages one worker took through the fresh path
+// of a request (claim, create, owner record, submitted event, submitted
+// record, ack) together: each step's writes for every request are sent
+// before any is awaited, so their messages share the connection's writes
+// and JetStream's answers, and one goroutine waits for them instead of
+// one per request. The creates run at once, each in a goroutine of its
+// own. A request that leaves the common path at any step (it does not
+// validate, its claim exists, a write is refused or fails, COM refuses
+// or fails the create, a create is far slower than the batch's others)
+// goes on alone from that step, down the very code a request handled on
+// its own runs (alone), so it ends exactly as it would have.
+func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
+	items := make([]*item, 0, len(fs))
+	for _, f := range fs {
+		d, log, ok := c.begin(f)
+		if !ok {
+			continue
+		}
+		it := &item{f: f, d: d, log: log, r: &request{delivery: d, log: log}}
+		if c.identify(it.r) != nil || !c.eligible(it.r) {
+			c.detach(stop, ctx, it, nil) // the general path, from the start
+			continue
+		}
+		items = append(items, it)
+	}
+	if len(items) == 0 {
+		return
+	}
+	if err := c.gate.wait(ctx, c.now); err != nil {
+		for _, it := range items {
+			c.detach(stop, ctx, it, fail(err))
+		}
+		return
+	}
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		w, err := c.startClaim(it.r)
+		if err != nil {
+			return fail(err)
+		}
+		it.w = w
+		return nil
+	})
+	for _, it := range items {
+		it.w.await(ctx)
+	}
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		r, w := it.r, it.w
+		if !w.stored() {
+			return func() error { return c.afterClaim(ctx, r, w) }
+		}
+		rev, err := c.endClaim(ctx, r, w) // answered: does not wait
+		if err != nil {
+			return fail(err)
+		}
+		w.rev = rev
+		c.d.Hook("after-claim")
+		return nil
+	})
+	items = c.createAll(stop, ctx, items)
+	if len(items) == 0 {
+		return
+	}
+	// From here on the ledger must be written even if ctx ends.
+	bg, cancelBG := recordCtx(ctx)
+	defer cancelBG()
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		r, w, job := it.r, it.w, it.job
+		if it.err != nil {
+			err := it.err
+			return func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, nil, err) }
+		}
+		c.posted(r, job)
+		f, err := c.ledger.ownAsync(job.ID, r.key)
+		if err != nil {
+			return fail(err)
+		}
+		it.fut = f
+		return nil
+	})
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		if err := c.owned(bg, it.fut, it.job.ID, it.r.key); err != nil {
+			return fail(err)
+		}
+		c.d.Hook("after-owner")
+		f, err := c.startEvent(it.r, it.w.le.TemplateID, it.job)
+		if err != nil {
+			return fail(eventErr(it.job.ID, err))
+		}
+		it.fut = f
+		return nil
+	})
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		if err := c.await(bg, it.fut); err != nil {
+			return fail(eventErr(it.job.ID, err))
+		}
+		c.d.Hook("after-event")
+		submittedAs(it.w.le, it.job, c.now())
+		f, b, err := c.ledger.putAsync(it.r.key, it.w.le, it.w.rev)
+		if err != nil {
+			c.d.Hook("after-ledger")
+			return fail(err)
+		}
+		it.fut, it.b = f, b
+		return nil
+	})
+	items = c.keep(stop, ctx, items, func(it *item) func() error {
+		err := c.endFinish(bg, it.r, it.w.le, it.w.rev, it.fut, it.b)
+		c.d.Hook("after-ledger")
+		if err != nil {
+			return fail(err)
+		}
+		return nil
+	})
+	for _, it := range items {
+		c.settle(stop, ctx, it.f, it.d, it.log, action{kind: actAck})
+	}
+}
+
+// fail is the rest of a pass that ended with err.
+func fail(err error) func() error { return func() error { return err } }
+
+// keep runs step on each item and returns those it kept; an item for
+// which step returns the rest of its pass goes on alone with it.
+func (c *Consumer) keep(stop, ctx context.Context, items []*item, step func(*item) func() error) []*item {
+	kept := items[:0]
+	for _, it := range items {
+		if rest := step(it); rest != nil {
+			c.detach(stop, ctx, it, rest)
+			continue
+		}
+		kept = append(kept, it)
+	}
+	return kept
+}
+
+// detach hands an item to a goroutine of its own, which runs rest (nil:
+// the whole pipeline) and goes on alone to the message's end.
+func (c *Consumer) detach(stop, ctx context.Context, it *item, rest func() error) {
+	c.inflight.Go(func() { c.goAlone(stop, ctx, it, rest) })
+}
+
+func (c *Consumer) goAlone(stop, ctx context.Context, it *item, rest func() error) {
+	var first *attempt
+	if rest != nil {
+		first = &attempt{r: it.r, rest: rest}
+	}
+	c.alone(stop, ctx, it.f, it.d, it.log, first)
+}
+
+// createAll makes the COM calls of the batch's claimed requests at once and
+// returns the items whose call ended in time, its job or error in the
+// item. Once half the calls ended, the rest get as long again as those
+// took, plus stragglerGrace: a call still running then finishes its
+// request alone, so one slow call does not hold the batch's others back.
+func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
+	if len(items) == 0 {
+		return items
+	}
+	ended := make(chan struct{}, len(items))
+	start := time.Now()
+	for _, it := range items {
+		c.inflight.Go(func() {
+			it.job, it.err = c.create(ctx, it.r, it.w.le)
+			if it.post.CompareAndSwap(postRunning, postToBatch) {
+				ended <- struct{}{}
+				return
+			}
+			r, w, job, err := it.r, it.w, it.job, it.err
+			c.goAlone(stop, ctx, it, func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) })
+		})
+	}
+	var deadline <-chan time.Time
+	for got, half := 0, (len(items)+1)/2; got < len(items); {
+		select {
+		case <-ended:
+			got++
+			if got == half && got < len(items) {
+				t := time.NewTimer(time.Since(start) + stragglerGrace)
+				defer t.Stop()
+				deadline = t.C
+			}
+			continue
+		case <-deadline:
+		}
+		// Late: the calls still running go on alone; those that ended
+		// meanwhile are the batch's and have sent or will send to ended.
+		mine := 0
+		for _, it := range items {
+			if it.post.CompareAndSwap(postRunning, postAlone) {
+				continue
+			}
+			mine++
+		}
+		for ; got < mine; got++ {
+			<-ended
+		}
+		break
+	}
+	kept := items[:0]
+	for _, it := range items {
+		if it.post.Load() == postToBatch {
+			kept = append(kept, it)
+		}
+	}
+	return kept
+}
