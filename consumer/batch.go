@@ -15,9 +15,15 @@ import (
 // path together; Config.Workers is shared among ⌈Workers/maxBatch⌉ workers.
 const maxBatch = 32
 
-// stragglerGrace is how much longer than the first half of a batch's
-// creates took the batch waits for the rest before it goes on without them.
-const stragglerGrace = 50 * time.Millisecond
+// A batch waits for its creates at most maxCreateWait and, once half of
+// them ended, as long again as those took plus stragglerGrace; a create
+// still running then finishes its request alone. COM's creates take about
+// a second, so in production most go on alone and the worker takes its
+// next batch: a slow create never holds other requests back.
+const (
+	maxCreateWait  = 250 * time.Millisecond
+	stragglerGrace = 50 * time.Millisecond
+)
 
 // item is one request of a batch on the fresh path.
 type item struct {
@@ -192,10 +198,9 @@ func (c *Consumer) goAlone(stop, ctx context.Context, it *item, rest func() erro
 }
 
 // createAll makes the COM calls of the batch's claimed requests at once and
-// returns the items whose call ended in time, its job or error in the
-// item. Once half the calls ended, the rest get as long again as those
-// took, plus stragglerGrace: a call still running then finishes its
-// request alone, so one slow call does not hold the batch's others back.
+// returns the items whose call ended in time (see maxCreateWait), its job
+// or error in the item; a call still running then finishes its request
+// alone.
 func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 	if len(items) == 0 {
 		return items
@@ -213,18 +218,17 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 			c.goAlone(stop, ctx, it, func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) })
 		})
 	}
-	var deadline <-chan time.Time
+	limit := time.NewTimer(maxCreateWait)
+	defer limit.Stop()
 	for got, half := 0, (len(items)+1)/2; got < len(items); {
 		select {
 		case <-ended:
 			got++
-			if got == half && got < len(items) {
-				t := time.NewTimer(time.Since(start) + stragglerGrace)
-				defer t.Stop()
-				deadline = t.C
+			if took := time.Since(start); got == half && got < len(items) && 2*took+stragglerGrace < maxCreateWait {
+				limit.Reset(took + stragglerGrace)
 			}
 			continue
-		case <-deadline:
+		case <-limit.C:
 		}
 		// Late: the calls still running go on alone; those that ended
 		// meanwhile are the batch's and have sent or will send to ended.

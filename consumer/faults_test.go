@@ -325,3 +325,64 @@ func TestConfigFault(t *testing.T) {
 func containsSecret(s string) bool {
 	return strings.Contains(s, "wrong-secret") || strings.Contains(s, comsim.DefaultClientSecret)
 }
+
+// heldCreate is a COM whose first create waits until release is closed;
+// every call is the real client's.
+type heldCreate struct {
+	COM
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+func (h *heldCreate) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	if h.calls.Add(1) == 1 {
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.COM.Create(ctx, r)
+}
+
+// TestSlowCreateHoldsNoOneBack: requests are taken in batches, but a
+// create that does not end holds no other request back: the rest of its
+// batch (among others) and the batches after it (alone: its batch holds
+// it only) are submitted while it waits, and it ends submitted once too.
+// A batch that waited for all its creates would submit none of the
+// others before the release.
+func TestSlowCreateHoldsNoOneBack(t *testing.T) {
+	t.Parallel()
+	for _, alone := range []bool{false, true} {
+		t.Run(map[bool]string{false: "among-others", true: "alone"}[alone], func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, 20)
+			const n = 12
+			source := "//test/held"
+			cfg := testConfig(20)
+			cfg.Workers, cfg.POSTTimeout = 8, time.Minute
+			held := &heldCreate{release: make(chan struct{})}
+			c, _ := e.newConsumer(t, cfg, func(d *Deps) { held.COM = d.COM; d.COM = held })
+			if alone {
+				e.request(t, source, "0", "server-inventory", server1, nil)
+				run(t, c)
+				poll.Until(t, 20*time.Second, "the first create made", func() (bool, string) {
+					return held.calls.Load() > 0, "no create yet"
+				})
+				for i := 1; i < n; i++ {
+					e.request(t, source, fmt.Sprint(i), "server-inventory", server2, nil)
+				}
+			} else {
+				e.alternating(t, source, n, func(int) string { return "server-inventory" })
+				run(t, c)
+			}
+			poll.Until(t, 20*time.Second, "every other request submitted while one create is held", func() (bool, string) {
+				got := len(e.events(t, schemas.SubjectEvents+".submitted.>"))
+				return got == n-1, fmt.Sprintf("%d of %d submitted", got, n-1)
+			})
+			close(held.release)
+			e.drained(t, 20*time.Second)
+			submittedOnce(t, e, source, n)
+		})
+	}
+}
