@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2/clientcredentials"
 
 	"github.com/comjobs/comjobs/cenats"
@@ -123,6 +124,8 @@ func pipelineTable(n int, sz sizes, rounds []pipelineRound) []row {
 			fmt.Sprintf("%.2f, %.2f", perReq(m.floor.cpu)/perReq(m.p.cpu), perReq(m.event.cpu)/perReq(m.p.cpu))},
 		{"pipeline: messages stored per request (request, ledger, events)",
 			fmt.Sprintf("%.2f", float64(m.p.stored)/float64(n)), "(b) 1, (c) 2", ""},
+		{"pipeline: requests that left their batch and went on alone",
+			fmt.Sprintf("%.1f%%", 100*m.p.alone/float64(n)), "batches of up to 32", ""},
 		{"one stored message: ledger-style compare-and-set write, CPU", fmt.Sprintf("%.1f µs", perReq(m.store.cpu)),
 			fmt.Sprintf("%d writers, each waiting for its ack", sz.workers), ""},
 		{"pipeline: publish → submitted event p50 / p99", ms(m.p.lat.quantile(0.5)) + " / " + ms(m.p.lat.quantile(0.99)),
@@ -456,7 +459,8 @@ type pipelineResult struct {
 	cpu     time.Duration // the whole test process's CPU over elapsed
 	lat     latencies
 	calls   int
-	stored  uint64 // messages stored: the requests, the ledger's writes, the events
+	stored  uint64  // messages stored: the requests, the ledger's writes, the events
+	alone   float64 // requests that left their batch (comjobs_consumer_alone_total)
 }
 
 // pipeline runs the real consumer (real COM client, publisher and
@@ -469,9 +473,10 @@ func pipeline(t *testing.T, s *stack, sz sizes, round int, msgs []*nats.Msg, ids
 	if err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	c, err := consumer.New(consumer.Config{Workers: sz.workers}, consumer.Deps{
 		JS: cjs, COM: comClient(t, s.sim, "v1", sz.workers), Publisher: publisher.New(cjs, discard),
-		Validator: v, Logger: discard,
+		Validator: v, Logger: discard, Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -502,6 +507,7 @@ func pipeline(t *testing.T, s *stack, sz sizes, round int, msgs []*nats.Msg, ids
 	res.calls, _ = comCalls(s.sim)
 	stop()
 	res.stored = lastSeqs(t, s) - seq0
+	res.alone = counterSum(t, reg, "comjobs_consumer_alone_total")
 	evInfo, err := events.Info(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -588,6 +594,24 @@ func eventLatencies(t *testing.T, s *stack, after, last uint64, ids map[string]i
 		}
 	}
 	return dups
+}
+
+// counterSum is the sum of a counter family's series in reg.
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // lastSeqs sums the last sequences of the requests stream, the ledger's

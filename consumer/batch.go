@@ -68,7 +68,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		}
 		it := &item{f: f, d: d, log: log, r: &request{delivery: d, log: log}}
 		if c.identify(it.r) != nil || !c.eligible(it.r) {
-			c.detach(stop, ctx, it, nil) // the general path, from the start
+			c.detach(stop, ctx, it, "start", nil) // the general path, from the start
 			continue
 		}
 		items = append(items, it)
@@ -78,11 +78,11 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 	}
 	if err := c.gate.wait(ctx, c.now); err != nil {
 		for _, it := range items {
-			c.detach(stop, ctx, it, fail(err))
+			c.detach(stop, ctx, it, "claim", fail(err))
 		}
 		return
 	}
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "claim", func(it *item) func() error {
 		w, err := c.startClaim(it.r)
 		if err != nil {
 			return fail(err)
@@ -93,7 +93,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 	for _, it := range items {
 		it.w.await(ctx)
 	}
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "claim", func(it *item) func() error {
 		r, w := it.r, it.w
 		if !w.stored() {
 			return func() error { return c.afterClaim(ctx, r, w) }
@@ -113,7 +113,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 	// From here on the ledger must be written even if ctx ends.
 	bg, cancelBG := recordCtx(ctx)
 	defer cancelBG()
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "create", func(it *item) func() error {
 		r, w, job := it.r, it.w, it.job
 		if it.err != nil {
 			err := it.err
@@ -127,7 +127,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut = f
 		return nil
 	})
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "owner", func(it *item) func() error {
 		if err := c.owned(bg, it.fut, it.job.ID, it.r.key); err != nil {
 			return fail(err)
 		}
@@ -139,7 +139,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut = f
 		return nil
 	})
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "event", func(it *item) func() error {
 		if err := c.await(bg, it.fut); err != nil {
 			return fail(eventErr(it.job.ID, err))
 		}
@@ -153,7 +153,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut, it.b = f, b
 		return nil
 	})
-	items = c.keep(stop, ctx, items, func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "ledger", func(it *item) func() error {
 		err := c.endFinish(bg, it.r, it.w.le, it.w.rev, it.fut, it.b)
 		c.d.Hook("after-ledger")
 		if err != nil {
@@ -169,13 +169,13 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 // fail is the rest of a pass that ended with err.
 func fail(err error) func() error { return func() error { return err } }
 
-// keep runs step on each item and returns those it kept; an item for
-// which step returns the rest of its pass goes on alone with it.
-func (c *Consumer) keep(stop, ctx context.Context, items []*item, step func(*item) func() error) []*item {
+// keep runs step (named name) on each item and returns those it kept; an
+// item for which step returns the rest of its pass goes on alone with it.
+func (c *Consumer) keep(stop, ctx context.Context, items []*item, name string, step func(*item) func() error) []*item {
 	kept := items[:0]
 	for _, it := range items {
 		if rest := step(it); rest != nil {
-			c.detach(stop, ctx, it, rest)
+			c.detach(stop, ctx, it, name, rest)
 			continue
 		}
 		kept = append(kept, it)
@@ -183,9 +183,11 @@ func (c *Consumer) keep(stop, ctx context.Context, items []*item, step func(*ite
 	return kept
 }
 
-// detach hands an item to a goroutine of its own, which runs rest (nil:
-// the whole pipeline) and goes on alone to the message's end.
-func (c *Consumer) detach(stop, ctx context.Context, it *item, rest func() error) {
+// detach hands an item that left its batch at step to a goroutine of its
+// own, which runs rest (nil: the whole pipeline) and goes on alone to the
+// message's end.
+func (c *Consumer) detach(stop, ctx context.Context, it *item, step string, rest func() error) {
+	c.m.alone.WithLabelValues(step).Inc()
 	c.inflight.Go(func() { c.goAlone(stop, ctx, it, rest) })
 }
 
@@ -215,6 +217,7 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 				return
 			}
 			r, w, job, err := it.r, it.w, it.job, it.err
+			c.m.alone.WithLabelValues("slow-create").Inc()
 			c.goAlone(stop, ctx, it, func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) })
 		})
 	}

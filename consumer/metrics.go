@@ -12,6 +12,7 @@ type metrics struct {
 	deadLetters *prometheus.CounterVec
 	comLatency  prometheus.Histogram
 	paused      prometheus.Gauge
+	alone       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,11 +36,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "comjobs_consumer_paused", Help: "1 while submission is paused (by hand or by a COM configuration fault)."}),
+		alone: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "comjobs_consumer_alone_total", Help: "Requests that left their batch and went on alone, by the batch's step " +
+				"(start: not a valid fresh request; claim; create: the create failed; slow-create: it outlasted the batch's wait; owner; event; ledger)."},
+			[]string{"step"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.submitted, m.rejected, m.duplicates, m.retries, m.rateWaits, m.deadLetters, m.comLatency, m.paused} {
+	for _, c := range []prometheus.Collector{m.requests, m.submitted, m.rejected, m.duplicates, m.retries, m.rateWaits, m.deadLetters, m.comLatency, m.paused, m.alone} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
