@@ -11,19 +11,16 @@ import (
 	"github.com/comjobs/comjobs/com"
 )
 
-// maxBatch bounds how many requests one worker takes through the fresh
-// path together; Config.Workers is shared among ⌈Workers/maxBatch⌉ workers.
+// maxBatch bounds how many requests a batch takes through the fresh path
+// together; Config.Workers bounds the requests of all batches, and of
+// those gone on alone, together.
 const maxBatch = 32
 
-// A batch waits for its creates at most maxCreateWait and, once half of
-// them ended, as long again as those took plus stragglerGrace; a create
-// still running then finishes its request alone. COM's creates take about
-// a second, so in production most go on alone and the worker takes its
-// next batch: a slow create never holds other requests back.
-const (
-	maxCreateWait  = 250 * time.Millisecond
-	stragglerGrace = 50 * time.Millisecond
-)
+// Once half of a batch's creates ended, the batch waits for the rest as
+// long again as those took plus stragglerGrace; a create still running
+// then finishes its request alone, so one slow create does not hold the
+// rest of its batch back (other batches never wait for it).
+const stragglerGrace = 50 * time.Millisecond
 
 // item is one request of a batch on the fresh path.
 type item struct {
@@ -48,9 +45,9 @@ const (
 	postAlone
 )
 
-// handleBatch takes the messages one worker took through the fresh path
-// of a request (claim, create, owner record, submitted event, submitted
-// record, ack) together: each step's writes for every request are sent
+// handleBatch takes a batch of messages through the fresh path of a
+// request (claim, create, owner record, submitted event, submitted record,
+// ack) together: each step's writes for every request are sent
 // before any is awaited, so their messages share the connection's writes
 // and JetStream's answers, and one goroutine waits for them instead of
 // one per request. The creates run at once, each in a goroutine of its
@@ -90,9 +87,11 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.w = w
 		return nil
 	})
+	step, cancel := stepCtx(ctx)
 	for _, it := range items {
-		it.w.await(ctx)
+		it.w.await(step)
 	}
+	cancel()
 	items = c.keep(stop, ctx, items, "claim", func(it *item) func() error {
 		r, w := it.r, it.w
 		if !w.stored() {
@@ -110,9 +109,8 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 	if len(items) == 0 {
 		return
 	}
-	// From here on the ledger must be written even if ctx ends.
-	bg, cancelBG := recordCtx(ctx)
-	defer cancelBG()
+	// From here on the ledger must be written even if ctx ends: each
+	// step's waits get their own recordCtx.
 	items = c.keep(stop, ctx, items, "create", func(it *item) func() error {
 		r, w, job := it.r, it.w, it.job
 		if it.err != nil {
@@ -127,6 +125,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut = f
 		return nil
 	})
+	bg, cancelBG := recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "owner", func(it *item) func() error {
 		if err := c.owned(bg, it.fut, it.job.ID, it.r.key); err != nil {
 			return fail(err)
@@ -134,11 +133,13 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		c.d.Hook("after-owner")
 		f, err := c.startEvent(it.r, it.w.le.TemplateID, it.job)
 		if err != nil {
-			return fail(eventErr(it.job.ID, err))
+			return fail(err)
 		}
 		it.fut = f
 		return nil
 	})
+	cancelBG()
+	bg, cancelBG = recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "event", func(it *item) func() error {
 		if err := c.await(bg, it.fut); err != nil {
 			return fail(eventErr(it.job.ID, err))
@@ -153,6 +154,8 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut, it.b = f, b
 		return nil
 	})
+	cancelBG()
+	bg, cancelBG = recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "ledger", func(it *item) func() error {
 		err := c.endFinish(bg, it.r, it.w.le, it.w.rev, it.fut, it.b)
 		c.d.Hook("after-ledger")
@@ -161,9 +164,22 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		}
 		return nil
 	})
+	cancelBG()
+	// The places are given back together, so the next batch is whole.
+	var place *places
 	for _, it := range items {
+		place, it.f.place = it.f.place, nil
 		c.settle(stop, ctx, it.f, it.d, it.log, action{kind: actAck})
 	}
+	if place != nil {
+		place.give(len(items))
+	}
+}
+
+// stepCtx bounds the waits of one batch step for JetStream's answers
+// together by jsWait, as one request's wait is bounded on its own.
+func stepCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, jsWait)
 }
 
 // fail is the rest of a pass that ended with err.
@@ -200,7 +216,7 @@ func (c *Consumer) goAlone(stop, ctx context.Context, it *item, rest func() erro
 }
 
 // createAll makes the COM calls of the batch's claimed requests at once and
-// returns the items whose call ended in time (see maxCreateWait), its job
+// returns the items whose call ended in time (see stragglerGrace), its job
 // or error in the item; a call still running then finishes its request
 // alone.
 func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
@@ -221,17 +237,18 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 			c.goAlone(stop, ctx, it, func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) })
 		})
 	}
-	limit := time.NewTimer(maxCreateWait)
-	defer limit.Stop()
+	var late <-chan time.Time
 	for got, half := 0, (len(items)+1)/2; got < len(items); {
 		select {
 		case <-ended:
 			got++
-			if took := time.Since(start); got == half && got < len(items) && 2*took+stragglerGrace < maxCreateWait {
-				limit.Reset(took + stragglerGrace)
+			if got == half && got < len(items) {
+				t := time.NewTimer(time.Since(start) + stragglerGrace)
+				defer t.Stop()
+				late = t.C
 			}
 			continue
-		case <-limit.C:
+		case <-late:
 		}
 		// Late: the calls still running go on alone; those that ended
 		// meanwhile are the batch's and have sent or will send to ended.

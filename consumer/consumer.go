@@ -253,26 +253,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 	for range c.cfg.FetchBatch {
 		slots <- struct{}{}
 	}
-	// Workers places bound the requests being handled, in a batch or
-	// alone; each worker takes a batch of up to maxBatch at a time.
-	places := make(chan struct{}, c.cfg.Workers)
-	size := min(c.cfg.Workers, maxBatch)
-	var workers sync.WaitGroup
-	for range (c.cfg.Workers + size - 1) / size {
-		workers.Go(func() {
-			for {
-				fs := take(work, slots, places, size)
-				if fs == nil {
-					return
-				}
-				c.handleBatch(ctx, workCtx, fs)
-			}
-		})
-	}
+	// Workers places bound the requests being handled, in batches or
+	// alone; batches start as soon as a place is free and run at once.
+	places := newPlaces(c.cfg.Workers)
+	var taker sync.WaitGroup
+	taker.Go(func() { c.takeBatches(ctx, workCtx, work, slots, places) })
 	c.fetchLoop(ctx, cons, work, slots)
 	handBack(work)
 	close(work)
-	workers.Wait()
+	taker.Wait()
 	c.inflight.Wait()
 	cancelWork()
 	stopAdvisories()
@@ -354,41 +343,77 @@ func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
 	return held
 }
 
-// take waits for a free place among the workers and a message, then takes
-// up to n-1 more messages already waiting, each with a place of its own
-// while one is free. It gives the hand-off a slot back per message taken,
-// and returns nil once work is closed and empty.
-func take(work <-chan fetched, slots, places chan struct{}, n int) []fetched {
-	places <- struct{}{}
-	f, ok := <-work
-	if !ok {
-		<-places
-		return nil
-	}
-	slots <- struct{}{}
-	f.places = places
-	out := []fetched{f}
-	for len(out) < n {
-		select {
-		case places <- struct{}{}:
-		default:
-			return out
+// takeBatches hands the messages to batches until work is closed: it waits
+// for a message and a free place, then takes as many more messages as are
+// waiting and have a place, up to maxBatch, and runs the batch in a
+// goroutine of its own (see handleBatch). It gives the hand-off a slot back
+// per message taken.
+func (c *Consumer) takeBatches(stop, ctx context.Context, work <-chan fetched, slots chan struct{}, places *places) {
+	for {
+		f, ok := <-work
+		if !ok {
+			return
 		}
-		select {
-		case f, ok := <-work:
-			if !ok {
-				<-places
-				return out
+		slots <- struct{}{}
+		n := places.take(min(maxBatch, 1+len(work)))
+		fs := []fetched{f}
+	more:
+		for len(fs) < n {
+			select {
+			case f, ok := <-work:
+				if !ok {
+					break more
+				}
+				slots <- struct{}{}
+				fs = append(fs, f)
+			default:
+				break more
 			}
-			slots <- struct{}{}
-			f.places = places
-			out = append(out, f)
-		default:
-			<-places
-			return out
 		}
+		places.give(n - len(fs))
+		for i := range fs {
+			fs[i].place = places
+		}
+		c.inflight.Go(func() { c.handleBatch(stop, ctx, fs) })
 	}
-	return out
+}
+
+// places bounds the requests being handled at once. Places are taken and
+// given back in numbers, so a batch that ends frees all its places
+// together and the next batch is as large as the waiting messages allow.
+type places struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	free int
+}
+
+func newPlaces(n int) *places {
+	p := &places{free: n}
+	p.cond.L = &p.mu
+	return p
+}
+
+// take waits until a place is free and takes up to n free places.
+func (p *places) take(n int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.free == 0 {
+		p.cond.Wait()
+	}
+	n = min(n, p.free)
+	p.free -= n
+	return n
+}
+
+// give gives n places back.
+func (p *places) give(n int) {
+	if n <= 0 {
+		return
+	}
+	p.mu.Lock()
+	p.free += n
+	p.mu.Unlock()
+	p.cond.Signal()
 }
 
 // giveSlots returns n slots the fetch did not use.

@@ -39,19 +39,21 @@
 // the owner record, the oldest job no request owns) and publishes the
 // event again under the same dedupe id.
 //
-// Workers take fetched messages in batches (up to 32 each; Config.Workers
-// bounds the requests handled at once, in batches or alone) and take a
-// batch through the fresh path step by step: every request's claim and
-// mark are sent before any is awaited, the creates run at once, then the
-// owner records, the submitted events and the submitted records go out
-// the same way, and the messages are acked. Messages then share the
-// connection's writes and JetStream's answers and one goroutine waits per
-// step instead of one per request, which costs a fifth less CPU per
-// request than a worker per request (make bench). A request that leaves
-// the common path at any step — it does not validate, its claim exists,
-// a write is refused or fails, COM refuses or fails the create, its
-// create is far slower than the batch's others — goes on alone from that
-// step down the same code, so it ends exactly as it would have.
+// Fetched messages are taken in batches (up to 32, as many as are waiting
+// and have a place: Config.Workers places bound the requests handled at
+// once, in batches or alone), and each batch runs in a goroutine of its
+// own, taking its requests through the fresh path step by step: every
+// claim and mark are sent before any is awaited, the creates run at once,
+// then the owner records, the submitted events and the submitted records
+// go out the same way, and the messages are acked. Messages then share the
+// connection's writes and JetStream's answers, and one goroutine waits per
+// step instead of one per request: a fifth less CPU per request (make
+// bench). A step's waits are bounded together (jsWait), not one after
+// another. A request that leaves the common path at any step — it does not
+// validate, its claim exists, a write is refused or fails, COM refuses or
+// fails the create, its create is far slower than the batch's others —
+// goes on alone from that step down the same code, so it ends exactly as
+// it would have (comjobs_consumer_alone_total counts them by step).
 //
 // Every fetched message is kept alive with InProgress from its arrival
 // until it is acked or handed back, and a pull asks for no more than the

@@ -349,8 +349,9 @@ func (h *heldCreate) Create(ctx context.Context, r com.CreateRequest) (*com.Job,
 // create that does not end holds no other request back: the rest of its
 // batch (among others) and the batches after it (alone: its batch holds
 // it only) are submitted while it waits, and it ends submitted once too.
-// A batch that waited for all its creates would submit none of the
-// others before the release.
+// A batch that waited for all its creates, or a worker that took the next
+// batch only once its last one ended, would submit none of the others
+// before the release.
 func TestSlowCreateHoldsNoOneBack(t *testing.T) {
 	t.Parallel()
 	for _, alone := range []bool{false, true} {

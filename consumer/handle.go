@@ -86,9 +86,9 @@ func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 
 type fetched struct {
 	msg           jetstream.Msg
 	stopKeepAlive func()
-	// places is the worker places one of which a worker took with the
-	// message (nil before): free gives it back.
-	places chan struct{}
+	// place is where the message took a place (nil before it did): free
+	// gives it back.
+	place *places
 }
 
 // handBack stops keeping f alive and Naks it, so another replica or the
@@ -98,10 +98,10 @@ func (f fetched) handBack() {
 	_ = f.msg.Nak()
 }
 
-// free gives back the worker place the message held, once it is settled.
+// free gives back the place the message held, once it is settled.
 func (f fetched) free() {
-	if f.places != nil {
-		<-f.places
+	if f.place != nil {
+		f.place.give(1)
 	}
 }
 
@@ -777,10 +777,10 @@ func (c *Consumer) record(ctx context.Context, r *request, le *ledgerEntry, rev 
 	}
 	c.d.Hook("after-owner")
 	f, err = c.startEvent(r, le.TemplateID, job)
-	if err == nil {
-		err = c.await(ctx, f)
-	}
 	if err != nil {
+		return err
+	}
+	if err := c.await(ctx, f); err != nil {
 		return eventErr(job.ID, err)
 	}
 	c.d.Hook("after-event")
@@ -814,7 +814,11 @@ func (c *Consumer) startEvent(r *request, templateID string, job *com.Job) (jets
 	if err != nil {
 		return nil, fmt.Errorf("encode job event: %w", err)
 	}
-	return c.startSubmitted(r, templateID, job.ID, data, true)
+	f, err := c.startSubmitted(r, templateID, job.ID, data, true)
+	if err != nil {
+		return nil, eventErr(job.ID, err)
+	}
+	return f, nil
 }
 
 func eventErr(jobID string, err error) error {
@@ -897,8 +901,15 @@ func (c *Consumer) endFinish(ctx context.Context, r *request, le *ledgerEntry, r
 	return nil
 }
 
-// await waits for a publish's ack.
+// await waits for a publish's ack. An answer already in wins over ctx.
 func (c *Consumer) await(ctx context.Context, f jetstream.PubAckFuture) error {
+	select {
+	case <-f.Ok():
+		return nil
+	case err := <-f.Err():
+		return err
+	default:
+	}
 	select {
 	case <-f.Ok():
 		return nil

@@ -64,8 +64,9 @@ type ledger struct {
 	st jetstream.Stream
 }
 
-// jsWait bounds a wait for JetStream's acknowledgement of one write.
-const jsWait = 10 * time.Second
+// jsWait bounds a wait for JetStream's acknowledgement of one write (a
+// variable for tests only).
+var jsWait = 10 * time.Second
 
 // subject is the bucket subject of key.
 func (l ledger) subject(key string) string { return "$KV." + l.kv.Bucket() + "." + key }
@@ -152,8 +153,16 @@ func wait(ctx context.Context, f jetstream.PubAckFuture) error {
 }
 
 // waitSeq waits, at most jsWait, for an asynchronous write and returns
-// its stream sequence (the key's new revision).
+// its stream sequence (the key's new revision). An answer already in wins
+// over ctx.
 func waitSeq(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
+	select {
+	case pa := <-f.Ok():
+		return pa.Sequence, nil
+	case err := <-f.Err():
+		return 0, err
+	default:
+	}
 	t := time.NewTimer(jsWait)
 	defer t.Stop()
 	select {
@@ -162,6 +171,9 @@ func waitSeq(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
 	case err := <-f.Err():
 		return 0, err
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return 0, fmt.Errorf("no acknowledgement from JetStream in time: %w", ctx.Err())
+		}
 		return 0, ctx.Err()
 	case <-t.C:
 		return 0, fmt.Errorf("no acknowledgement from JetStream within %s", jsWait)
