@@ -3,6 +3,7 @@ package consumer
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -16,10 +17,10 @@ import (
 // those gone on alone, together.
 const maxBatch = 32
 
-// Once half of a batch's creates ended, the batch waits for the rest as
-// long again as those took plus stragglerGrace; a create still running
-// then finishes its request alone, so one slow create does not hold the
-// rest of its batch back (other batches never wait for it).
+// Once half of a batch's creates returned a job, the batch waits for the
+// rest as long again as those took plus stragglerGrace; a create still
+// running then finishes its request alone, so one slow create does not
+// hold the rest of its batch back (other batches never wait for it).
 const stragglerGrace = 50 * time.Millisecond
 
 // item is one request of a batch on the fresh path.
@@ -37,6 +38,10 @@ type item struct {
 	// postToBatch when the batch took the result, postAlone when the
 	// batch went on without it and the create's goroutine finishes it.
 	post atomic.Int32
+	// rec is the item's context for the ledger's writes after its create,
+	// as recordCtx gives a request alone; cancelRec ends it.
+	rec       context.Context
+	cancelRec context.CancelFunc
 }
 
 const (
@@ -110,7 +115,14 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		return
 	}
 	// From here on the ledger must be written even if ctx ends: each
-	// step's waits get their own recordCtx.
+	// request has its own recordCtx, from the end of its create.
+	defer func(all []*item) {
+		for _, it := range all {
+			if it.cancelRec != nil {
+				it.cancelRec()
+			}
+		}
+	}(slices.Clone(items))
 	items = c.keep(stop, ctx, items, "create", func(it *item) func() error {
 		r, w, job := it.r, it.w, it.job
 		if it.err != nil {
@@ -125,9 +137,8 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut = f
 		return nil
 	})
-	bg, cancelBG := recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "owner", func(it *item) func() error {
-		if err := c.owned(bg, it.fut, it.job.ID, it.r.key); err != nil {
+		if err := c.owned(it.rec, it.fut, it.job.ID, it.r.key); err != nil {
 			return fail(err)
 		}
 		c.d.Hook("after-owner")
@@ -138,10 +149,8 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut = f
 		return nil
 	})
-	cancelBG()
-	bg, cancelBG = recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "event", func(it *item) func() error {
-		if err := c.await(bg, it.fut); err != nil {
+		if err := c.await(it.rec, it.fut); err != nil {
 			return fail(eventErr(it.job.ID, err))
 		}
 		c.d.Hook("after-event")
@@ -154,17 +163,14 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		it.fut, it.b = f, b
 		return nil
 	})
-	cancelBG()
-	bg, cancelBG = recordCtx(ctx)
 	items = c.keep(stop, ctx, items, "ledger", func(it *item) func() error {
-		err := c.endFinish(bg, it.r, it.w.le, it.w.rev, it.fut, it.b)
+		err := c.endFinish(it.rec, it.r, it.w.le, it.w.rev, it.fut, it.b)
 		c.d.Hook("after-ledger")
 		if err != nil {
 			return fail(err)
 		}
 		return nil
 	})
-	cancelBG()
 	// The places are given back together, so the next batch is whole.
 	var place *places
 	for _, it := range items {
@@ -223,13 +229,14 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 	if len(items) == 0 {
 		return items
 	}
-	ended := make(chan struct{}, len(items))
+	ended := make(chan bool, len(items)) // true: the create returned a job
 	start := time.Now()
 	for _, it := range items {
 		c.inflight.Go(func() {
 			it.job, it.err = c.create(ctx, it.r, it.w.le)
 			if it.post.CompareAndSwap(postRunning, postToBatch) {
-				ended <- struct{}{}
+				it.rec, it.cancelRec = recordCtx(ctx) // read once ended is
+				ended <- it.err == nil
 				return
 			}
 			r, w, job, err := it.r, it.w, it.job, it.err
@@ -238,11 +245,14 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 		})
 	}
 	var late <-chan time.Time
-	for got, half := 0, (len(items)+1)/2; got < len(items); {
+	for got, jobs, half := 0, 0, (len(items)+1)/2; got < len(items); {
 		select {
-		case <-ended:
+		case ok := <-ended:
 			got++
-			if got == half && got < len(items) {
+			if !ok {
+				continue // a create that failed at once says nothing of the others' pace
+			}
+			if jobs++; jobs == half && got < len(items) {
 				t := time.NewTimer(time.Since(start) + stragglerGrace)
 				defer t.Stop()
 				late = t.C

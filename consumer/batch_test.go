@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/comjobs/comjobs/com"
+	"github.com/comjobs/comjobs/internal/poll"
 	"github.com/comjobs/comjobs/schemas"
 )
 
@@ -46,19 +48,10 @@ func (l *lostClaims) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) 
 	return l.JetStream.PublishMsgAsync(m, opts...)
 }
 
-// TestLostAnswersCostOneWait: JetStream never answers the claims of the
-// requests of a batch. The batch waits for them once, not once each one
-// after another (a batch of n then stalled for n waits): the batch gives
-// them up within one wait, and each ends submitted once afterwards. Not
-// parallel: it shortens jsWait.
-func TestLostAnswersCostOneWait(t *testing.T) {
-	defer func(w time.Duration) { jsWait = w }(jsWait)
-	jsWait = 300 * time.Millisecond
-	e := newEnv(t, 20)
-	const n = 6
-	e.alternating(t, "//test/lost", n, func(int) string { return "server-inventory" })
-	lost := &lostClaims{n: n, lost: map[string]bool{}}
-	c, _ := e.newConsumer(t, testConfig(20), func(d *Deps) { lost.JetStream = d.JS; d.JS = lost })
+// oneBatch readies c to handle batches without Run (its ledger writes go
+// through js) and fetches n requests from the durable as one batch.
+func oneBatch(t *testing.T, e *env, c *Consumer, js jetstream.JetStream, n int) []fetched {
+	t.Helper()
 	ctx := t.Context()
 	kv, err := e.js.KeyValue(ctx, schemas.BucketLedger)
 	if err != nil {
@@ -68,7 +61,7 @@ func TestLostAnswersCostOneWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.ledger = ledger{kv: kv, js: lost, st: st}
+	c.ledger = ledger{kv: kv, js: js, st: st}
 	cons, err := e.js.Consumer(ctx, schemas.StreamRequests, schemas.DurableConsumer)
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +77,24 @@ func TestLostAnswersCostOneWait(t *testing.T) {
 	if len(fs) != n {
 		t.Fatalf("fetched %d of %d requests", len(fs), n)
 	}
+	return fs
+}
+
+// TestLostAnswersCostOneWait: JetStream never answers the claims of the
+// requests of a batch. The batch waits for them once, not once each one
+// after another (a batch of n then stalled for n waits): the batch gives
+// them up within one wait, and each ends submitted once afterwards. Not
+// parallel: it shortens jsWait.
+func TestLostAnswersCostOneWait(t *testing.T) {
+	defer func(w time.Duration) { jsWait = w }(jsWait)
+	jsWait = 300 * time.Millisecond
+	e := newEnv(t, 20)
+	const n = 6
+	e.alternating(t, "//test/lost", n, func(int) string { return "server-inventory" })
+	lost := &lostClaims{n: n, lost: map[string]bool{}}
+	c, _ := e.newConsumer(t, testConfig(20), func(d *Deps) { lost.JetStream = d.JS; d.JS = lost })
+	ctx := t.Context()
+	fs := oneBatch(t, e, c, lost, n)
 	start := time.Now()
 	c.handleBatch(ctx, ctx, fs) // one batch of all n
 	took := time.Since(start)
@@ -128,4 +139,81 @@ func TestAnswerInWinsOverContext(t *testing.T) {
 			t.Fatalf("write %d: answered, but the wait says %v", i, err)
 		}
 	}
+}
+
+// splitCOM refuses every create on server2 at once and makes every other
+// create take hold first; every call is the real client's.
+type splitCOM struct {
+	COM
+	hold time.Duration
+}
+
+func (s *splitCOM) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	if r.ResourceID == server2.ID {
+		return nil, &com.Error{Kind: com.KindRejected, Op: "create job", StatusCode: 400, Message: "refused by the test"}
+	}
+	time.Sleep(s.hold)
+	return s.COM.Create(ctx, r)
+}
+
+// TestFastFailuresMakeNoStragglers: half of a batch's creates are refused
+// at once, the other half take a while. The refusals say nothing of the
+// others' pace: the batch waits for the creates that make jobs and
+// records them itself (counting the refusals, it took the healthy creates
+// for stragglers and sent each on alone).
+func TestFastFailuresMakeNoStragglers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	const n = 8
+	e.alternating(t, "//test/split", n, func(int) string { return "server-inventory" })
+	c, reg := e.newConsumer(t, testConfig(20), func(d *Deps) { d.COM = &splitCOM{COM: d.COM, hold: 300 * time.Millisecond} })
+	fs := oneBatch(t, e, c, e.js, n)
+	c.handleBatch(t.Context(), t.Context(), fs)
+	c.inflight.Wait()
+	if got := counter(t, reg, "comjobs_consumer_alone_total", "step", "slow-create"); got != 0 {
+		t.Errorf("%v healthy creates went on alone as stragglers, want none", got)
+	}
+	if got := counter(t, reg, "comjobs_consumer_alone_total", "step", "create"); got != n/2 {
+		t.Errorf("%v refused creates went on alone, want %d", got, n/2)
+	}
+	if got := counter(t, reg, "comjobs_consumer_submitted_total"); got != n/2 {
+		t.Errorf("%v submitted, want %d", got, n/2)
+	}
+}
+
+// TestStopHandsBackWhatWaitsForAPlace: with every place taken, a request
+// fetched and waiting for a place when the consumer stops is handed back,
+// not started during the drain; the next consumer submits it once.
+func TestStopHandsBackWhatWaitsForAPlace(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	e.alternating(t, "//test/stopwait", 2, func(int) string { return "server-inventory" })
+	cfg := testConfig(20)
+	cfg.Workers, cfg.POSTTimeout = 1, time.Minute
+	held := &heldCreate{release: make(chan struct{})}
+	c, _ := e.newConsumer(t, cfg, func(d *Deps) { held.COM = d.COM; d.COM = held })
+	stop := run(t, c)
+	cons, err := e.js.Consumer(t.Context(), schemas.StreamRequests, schemas.DurableConsumer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 20*time.Second, "the first create held and the second request fetched", func() (bool, string) {
+		info, err := cons.Info(t.Context())
+		if err != nil {
+			return false, err.Error()
+		}
+		return held.calls.Load() == 1 && info.NumAckPending == 2, fmt.Sprintf("%d creates, %d pending", held.calls.Load(), info.NumAckPending)
+	})
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	time.Sleep(200 * time.Millisecond) // the stop is under way, the first create still held
+	close(held.release)
+	<-stopped
+	if got := held.calls.Load(); got != 1 {
+		t.Fatalf("%d creates: the request waiting for a place was started after the stop", got)
+	}
+	again, _ := e.newConsumer(t, testConfig(20), nil)
+	run(t, again)
+	e.drained(t, 20*time.Second)
+	submittedOnce(t, e, "//test/stopwait", 2)
 }

@@ -243,11 +243,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	wg.Go(func() { c.serveAdvisories(ctx, workCtx, stream, advisories) })
 	defer stopAdvisories()
 
-	// The hand-off holds one batch, so the next pull overlaps the work on
+	// The hand-off holds one pull, so the next pull overlaps the work on
 	// the last one. A pull asks for no more than the hand-off has room for
-	// (slots: one token per free place, given back as a worker takes a
-	// message), so every message the server delivered is in the hand-off
-	// or with a worker, kept alive, never waiting unseen in the client.
+	// (slots: one token per free place, given back as the taker takes a
+	// message), so every message the server delivered is in the hand-off,
+	// with the taker or in a batch, kept alive, never waiting unseen in the
+	// client.
 	work := make(chan fetched, c.cfg.FetchBatch)
 	slots := make(chan struct{}, c.cfg.FetchBatch)
 	for range c.cfg.FetchBatch {
@@ -256,6 +257,8 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// Workers places bound the requests being handled, in batches or
 	// alone; batches start as soon as a place is free and run at once.
 	places := newPlaces(c.cfg.Workers)
+	stopPlaces := context.AfterFunc(ctx, places.stop)
+	defer stopPlaces()
 	var taker sync.WaitGroup
 	taker.Go(func() { c.takeBatches(ctx, workCtx, work, slots, places) })
 	c.fetchLoop(ctx, cons, work, slots)
@@ -270,7 +273,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetchLoop pulls messages and hands them to the workers until ctx ends,
+// fetchLoop pulls messages and hands them to the taker until ctx ends,
 // each kept alive from its arrival. It holds a slot for every message it
 // asks for, so handing one over never blocks. Messages fetched but not
 // started when ctx ends are handed back with Nak.
@@ -278,7 +281,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 	failures := 0
 	for ctx.Err() == nil {
 		// Room first, then the decision to fetch: waiting for room can take
-		// long when the workers are slow, and a pause that began meanwhile
+		// long when the batches are slow, and a pause that began meanwhile
 		// must stop this pull.
 		held := takeSlots(ctx, slots, c.cfg.FetchBatch)
 		if held == 0 {
@@ -320,7 +323,7 @@ func (c *Consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer, work 
 
 // takeSlots waits until half of n slots of the hand-off are free (at
 // least one), so pulls stay large while the hand-off still feeds the
-// workers, then takes up to n without waiting, and returns how many it
+// taker, then takes up to n without waiting, and returns how many it
 // holds (0 once ctx ended).
 func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
 	held := 0
@@ -347,7 +350,8 @@ func takeSlots(ctx context.Context, slots chan struct{}, n int) int {
 // for a message and a free place, then takes as many more messages as are
 // waiting and have a place, up to maxBatch, and runs the batch in a
 // goroutine of its own (see handleBatch). It gives the hand-off a slot back
-// per message taken.
+// per message taken. Once stop ended (places stopped) it hands back every
+// message it takes instead: nothing is started after a stop.
 func (c *Consumer) takeBatches(stop, ctx context.Context, work <-chan fetched, slots chan struct{}, places *places) {
 	for {
 		f, ok := <-work
@@ -356,6 +360,11 @@ func (c *Consumer) takeBatches(stop, ctx context.Context, work <-chan fetched, s
 		}
 		slots <- struct{}{}
 		n := places.take(min(maxBatch, 1+len(work)))
+		if n == 0 || stop.Err() != nil {
+			places.give(n)
+			f.handBack()
+			continue
+		}
 		fs := []fetched{f}
 	more:
 		for len(fs) < n {
@@ -382,9 +391,10 @@ func (c *Consumer) takeBatches(stop, ctx context.Context, work <-chan fetched, s
 // given back in numbers, so a batch that ends frees all its places
 // together and the next batch is as large as the waiting messages allow.
 type places struct {
-	mu   sync.Mutex
-	cond sync.Cond
-	free int
+	mu      sync.Mutex
+	cond    sync.Cond
+	free    int
+	stopped bool
 }
 
 func newPlaces(n int) *places {
@@ -393,16 +403,28 @@ func newPlaces(n int) *places {
 	return p
 }
 
-// take waits until a place is free and takes up to n free places.
+// take waits until a place is free and takes up to n free places; it
+// takes none once stopped.
 func (p *places) take(n int) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.free == 0 {
+	for p.free == 0 && !p.stopped {
 		p.cond.Wait()
+	}
+	if p.stopped {
+		return 0
 	}
 	n = min(n, p.free)
 	p.free -= n
 	return n
+}
+
+// stop makes take return at once and take nothing from then on.
+func (p *places) stop() {
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
+	p.cond.Broadcast()
 }
 
 // give gives n places back.

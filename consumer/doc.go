@@ -48,8 +48,9 @@
 // go out the same way, and the messages are acked. Messages then share the
 // connection's writes and JetStream's answers, and one goroutine waits per
 // step instead of one per request: a fifth less CPU per request (make
-// bench). A step's waits are bounded together (jsWait), not one after
-// another. A request that leaves the common path at any step — it does not
+// bench). The claim step's waits are bounded together (jsWait), not one
+// after another, and each request's later writes by its own record budget
+// from the end of its create, as alone. A request that leaves the common path at any step — it does not
 // validate, its claim exists, a write is refused or fails, COM refuses or
 // fails the create, its create is far slower than the batch's others —
 // goes on alone from that step down the same code, so it ends exactly as
@@ -57,8 +58,9 @@
 //
 // Every fetched message is kept alive with InProgress from its arrival
 // until it is acked or handed back, and a pull asks for no more than the
-// hand-off to the workers has room for, so a message waiting for a busy
-// worker never outlives its ack wait and spends no delivery.
+// hand-off has room for, so a message waiting for a free place never
+// outlives its ack wait and spends no delivery. Once Run's context ends,
+// a message still waiting for a place is handed back, not started.
 //
 // Outcomes map explicitly onto JetStream: success → submitted event, Ack;
 // permanent → rejected event, dead letter, Term; transient → NakWithDelay

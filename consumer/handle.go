@@ -82,7 +82,7 @@ func seqKey(seq uint64) string { return hashOf("seq:" + strconv.FormatUint(seq, 
 
 // fetched is a message from a fetch, kept alive with InProgress from the
 // moment it arrived (see keepAlive) until it is acked or handed back: a
-// message waiting for a busy worker outlives no ack wait.
+// message waiting for a free place outlives no ack wait.
 type fetched struct {
 	msg           jetstream.Msg
 	stopKeepAlive func()
@@ -137,7 +137,7 @@ func (c *Consumer) begin(f fetched) (d delivery, log *slog.Logger, ok bool) {
 // alone handles one message to its end on its own: Ack, NakWithDelay or
 // Term. first, when set, is a pass through the pipeline a batch began
 // (see handleBatch); without it the message is handled from the start.
-// The message is kept alive with InProgress while it waits for a worker
+// The message is kept alive with InProgress while it waits for a place
 // and while it is worked on, including while it is held as the probe of a
 // configuration fault, which it is until the fault clears, a manual
 // pause, or stop ends (Run's context: the probe is then handed back).
@@ -145,8 +145,8 @@ func (c *Consumer) alone(stop, ctx context.Context, f fetched, d delivery, log *
 	c.settle(stop, ctx, f, d, log, c.process(stop, ctx, d, log, first))
 }
 
-// settle ends a message as act says and frees its worker place. A
-// configuration fault makes it the probe first, when no worker holds one.
+// settle ends a message as act says and frees its place. A configuration
+// fault makes it the probe first, when no other request holds one.
 func (c *Consumer) settle(stop, ctx context.Context, f fetched, d delivery, log *slog.Logger, act action) {
 	msg := f.msg
 	defer f.free()
@@ -155,7 +155,7 @@ func (c *Consumer) settle(stop, ctx context.Context, f fetched, d delivery, log 
 	}
 	f.stopKeepAlive()
 	if act.kind == actConfig {
-		// Another worker holds the probe: this one comes back once
+		// Another request holds the probe: this one comes back once
 		// submission resumes (nothing is fetched while paused).
 		act = action{kind: actNak, delay: c.cfg.ProbeEvery}
 	}
