@@ -224,12 +224,14 @@ func httpClient(conns int) *http.Client {
 }
 
 // comClient is a real COM client on the simulator without a rate limit.
+// Its HTTP client has no timeout of its own, as the binary gives it: the
+// COM client bounds each call itself.
 func comClient(t testing.TB, sim *comsim.Server, version string, conns int) *com.Client {
 	t.Helper()
 	c, err := com.NewClient(com.Config{
 		BaseURL: sim.URL(), TokenURL: sim.TokenURL(), ClientID: comsim.DefaultClientID, ClientSecret: comsim.DefaultClientSecret,
 		APIVersion: version, Timeout: 10 * time.Second, RatePerMinute: -1,
-	}, httpClient(conns), discard, prometheus.NewRegistry())
+	}, &http.Client{Transport: httpClient(conns).Transport}, discard, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

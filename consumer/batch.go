@@ -231,9 +231,16 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 	}
 	ended := make(chan bool, len(items)) // true: the create returned a job
 	start := time.Now()
+	// The creates start together and share one bound, ended by the last.
+	callCtx, cancel := c.createCtx(ctx)
+	var running atomic.Int32
+	running.Store(int32(len(items)))
 	for _, it := range items {
 		c.inflight.Go(func() {
-			it.job, it.err = c.create(ctx, it.r, it.w.le)
+			it.job, it.err = c.createIn(callCtx, it.r, it.w.le)
+			if running.Add(-1) == 0 {
+				cancel()
+			}
 			if it.post.CompareAndSwap(postRunning, postToBatch) {
 				it.rec, it.cancelRec = recordCtx(ctx) // read once ended is
 				ended <- it.err == nil

@@ -654,8 +654,19 @@ func (c *Consumer) post(ctx context.Context, r *request, le *ledgerEntry, rev ui
 
 // create makes the COM call of a claimed request.
 func (c *Consumer) create(ctx context.Context, r *request, le *ledgerEntry) (*com.Job, error) {
-	callCtx, cancel := context.WithTimeout(ctx, c.cfg.POSTTimeout*9/10)
+	callCtx, cancel := c.createCtx(ctx)
 	defer cancel()
+	return c.createIn(callCtx, r, le)
+}
+
+// createCtx bounds a create: a claim younger than POSTTimeout may still
+// have a create running, so it must end before that.
+func (c *Consumer) createCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.cfg.POSTTimeout*9/10)
+}
+
+// createIn makes the COM call of a claimed request in callCtx (createCtx).
+func (c *Consumer) createIn(callCtx context.Context, r *request, le *ledgerEntry) (*com.Job, error) {
 	start := time.Now()
 	job, err := c.d.COM.Create(callCtx, com.CreateRequest{
 		TemplateID: le.TemplateID, ResourceType: le.ResourceType, ResourceID: le.ResourceID, Params: r.res.Params,
