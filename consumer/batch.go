@@ -31,15 +31,17 @@ type item struct {
 	r   *request
 	w   *claimWrite
 	job *com.Job
-	err error // the create's
 	fut jetstream.PubAckFuture
 	b   []byte // the submitted record, sent as fut
 	// post is who goes on after the create: postRunning while it runs,
-	// postToBatch when the batch took the result, postAlone when the
-	// batch went on without it and the create's goroutine finishes it.
+	// postToBatch when it returned a job for the batch to record,
+	// postFailed when it failed and its goroutine went on alone at once,
+	// postAlone when the batch went on without it and its goroutine
+	// finishes it.
 	post atomic.Int32
 	// rec is the item's context for the ledger's writes after its create,
-	// as recordCtx gives a request alone; cancelRec ends it.
+	// from when the batch takes the job, as recordCtx gives a request
+	// alone from the end of its create; cancelRec ends it.
 	rec       context.Context
 	cancelRec context.CancelFunc
 }
@@ -47,6 +49,7 @@ type item struct {
 const (
 	postRunning = iota
 	postToBatch
+	postFailed
 	postAlone
 )
 
@@ -62,6 +65,13 @@ const (
 // goes on alone from that step, down the very code a request handled on
 // its own runs (alone), so it ends exactly as it would have.
 func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
+	if stop.Err() != nil { // taken as the consumer stopped: nothing starts
+		for _, f := range fs {
+			f.handBack()
+			f.free()
+		}
+		return
+	}
 	items := make([]*item, 0, len(fs))
 	for _, f := range fs {
 		d, log, ok := c.begin(f)
@@ -115,20 +125,17 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		return
 	}
 	// From here on the ledger must be written even if ctx ends: each
-	// request has its own recordCtx, from the end of its create.
+	// request has its own recordCtx, from now.
+	for _, it := range items {
+		it.rec, it.cancelRec = recordCtx(ctx)
+	}
 	defer func(all []*item) {
 		for _, it := range all {
-			if it.cancelRec != nil {
-				it.cancelRec()
-			}
+			it.cancelRec()
 		}
 	}(slices.Clone(items))
 	items = c.keep(stop, ctx, items, "create", func(it *item) func() error {
-		r, w, job := it.r, it.w, it.job
-		if it.err != nil {
-			err := it.err
-			return func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, nil, err) }
-		}
+		r, job := it.r, it.job
 		c.posted(r, job)
 		f, err := c.ledger.ownAsync(job.ID, r.key)
 		if err != nil {
@@ -222,9 +229,11 @@ func (c *Consumer) goAlone(stop, ctx context.Context, it *item, rest func() erro
 }
 
 // createAll makes the COM calls of the batch's claimed requests at once and
-// returns the items whose call ended in time (see stragglerGrace), its job
-// or error in the item; a call still running then finishes its request
-// alone.
+// returns the items whose call returned a job in time (see
+// stragglerGrace), the job in the item. A call that fails goes on alone
+// from its goroutine at once (its claim released, a 429's wait begun, a
+// refusal rejected without waiting for the others); a call still running
+// when the batch's wait ends goes on alone too.
 func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 	if len(items) == 0 {
 		return items
@@ -237,29 +246,39 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 	running.Store(int32(len(items)))
 	for _, it := range items {
 		c.inflight.Go(func() {
-			it.job, it.err = c.createIn(callCtx, it.r, it.w.le)
+			job, err := c.createIn(callCtx, it.r, it.w.le)
 			if running.Add(-1) == 0 {
 				cancel()
 			}
-			if it.post.CompareAndSwap(postRunning, postToBatch) {
-				it.rec, it.cancelRec = recordCtx(ctx) // read once ended is
-				ended <- it.err == nil
-				return
+			r, w := it.r, it.w
+			rest := func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) }
+			switch {
+			case err == nil && it.post.CompareAndSwap(postRunning, postToBatch):
+				it.job = job // read once ended is
+				ended <- true
+			case err != nil && it.post.CompareAndSwap(postRunning, postFailed):
+				ended <- false
+				c.m.alone.WithLabelValues("create").Inc()
+				c.goAlone(stop, ctx, it, rest)
+			default: // the batch went on without it
+				c.m.alone.WithLabelValues("slow-create").Inc()
+				c.goAlone(stop, ctx, it, rest)
 			}
-			r, w, job, err := it.r, it.w, it.job, it.err
-			c.m.alone.WithLabelValues("slow-create").Inc()
-			c.goAlone(stop, ctx, it, func() error { return c.afterPost(ctx, r, w.le, w.rev, w.rh, job, err) })
 		})
 	}
+	// Once half of the creates that did not fail returned a job, the rest
+	// get as long again, plus stragglerGrace.
 	var late <-chan time.Time
-	for got, jobs, half := 0, 0, (len(items)+1)/2; got < len(items); {
+	for got, jobs, failed := 0, 0, 0; got < len(items); {
 		select {
 		case ok := <-ended:
 			got++
-			if !ok {
-				continue // a create that failed at once says nothing of the others' pace
+			if ok {
+				jobs++
+			} else {
+				failed++
 			}
-			if jobs++; jobs == half && got < len(items) {
+			if late == nil && jobs > 0 && got < len(items) && jobs >= (len(items)-failed+1)/2 {
 				t := time.NewTimer(time.Since(start) + stragglerGrace)
 				defer t.Stop()
 				late = t.C
@@ -268,15 +287,14 @@ func (c *Consumer) createAll(stop, ctx context.Context, items []*item) []*item {
 		case <-late:
 		}
 		// Late: the calls still running go on alone; those that ended
-		// meanwhile are the batch's and have sent or will send to ended.
-		mine := 0
+		// meanwhile have sent or will send to ended.
+		senders := 0
 		for _, it := range items {
-			if it.post.CompareAndSwap(postRunning, postAlone) {
-				continue
+			if !it.post.CompareAndSwap(postRunning, postAlone) {
+				senders++
 			}
-			mine++
 		}
-		for ; got < mine; got++ {
+		for ; got < senders; got++ {
 			<-ended
 		}
 		break

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -216,4 +217,145 @@ func TestStopHandsBackWhatWaitsForAPlace(t *testing.T) {
 	run(t, again)
 	e.drained(t, 20*time.Second)
 	submittedOnce(t, e, "//test/stopwait", 2)
+}
+
+// mixedCOM refuses every create on server2 at once, holds the first create
+// on server1 until release and lets the others through; every call is the
+// real client's.
+type mixedCOM struct {
+	COM
+	release chan struct{}
+	first   atomic.Bool
+}
+
+func (m *mixedCOM) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	if r.ResourceID == server2.ID {
+		return nil, &com.Error{Kind: com.KindRejected, Op: "create job", StatusCode: 400, Message: "refused by the test"}
+	}
+	if m.first.CompareAndSwap(false, true) {
+		select {
+		case <-m.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return m.COM.Create(ctx, r)
+}
+
+// TestFailedCreatesLeaveAtOnce: in a batch of four, two creates are
+// refused at once, one returns a job and one is held. The refused ones go
+// on alone at once and the batch records its job without waiting for the
+// held create, which ends alone once let go. Waiting for half of the
+// creates that did not fail to return a job keeps the held one from
+// holding the batch (counting refusals as not there, the batch waited for
+// it until the create's bound).
+func TestFailedCreatesLeaveAtOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 20)
+	const n = 4
+	e.alternating(t, "//test/mixed", n, func(int) string { return "server-inventory" })
+	cfg := testConfig(20)
+	cfg.POSTTimeout = time.Minute
+	mixed := &mixedCOM{release: make(chan struct{})}
+	c, reg := e.newConsumer(t, cfg, func(d *Deps) { mixed.COM = d.COM; d.COM = mixed })
+	fs := oneBatch(t, e, c, e.js, n)
+	done := make(chan struct{})
+	go func() { c.handleBatch(t.Context(), t.Context(), fs); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		close(mixed.release)
+		t.Fatal("the batch waited for its held create")
+	}
+	if got := counter(t, reg, "comjobs_consumer_submitted_total"); got != 1 {
+		t.Errorf("%v submitted while one create is held, want 1", got)
+	}
+	close(mixed.release)
+	c.inflight.Wait()
+	if got := counter(t, reg, "comjobs_consumer_submitted_total"); got != 2 {
+		t.Errorf("%v submitted, want 2", got)
+	}
+	if got := counter(t, reg, "comjobs_consumer_alone_total", "step", "create"); got != 2 {
+		t.Errorf("%v refused creates went on alone, want 2", got)
+	}
+	if got := counter(t, reg, "comjobs_consumer_rejected_total"); got != 2 {
+		t.Errorf("%v rejected, want 2", got)
+	}
+}
+
+// slowOnServer2 holds every create on server2 for hold; every call is
+// the real client's.
+type slowOnServer2 struct {
+	COM
+	hold time.Duration
+}
+
+func (s *slowOnServer2) Create(ctx context.Context, r com.CreateRequest) (*com.Job, error) {
+	if r.ResourceID == server2.ID {
+		time.Sleep(s.hold)
+	}
+	return s.COM.Create(ctx, r)
+}
+
+// slowAnswers is a JetStream whose answers to asynchronous publishes come
+// delay late, as over a network.
+type slowAnswers struct {
+	jetstream.JetStream
+	delay time.Duration
+}
+
+// lateAnswer is an answer passed on delay after it came.
+type lateAnswer struct {
+	m   *nats.Msg
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (l *lateAnswer) Ok() <-chan *jetstream.PubAck { return l.ok }
+func (l *lateAnswer) Err() <-chan error            { return l.err }
+func (l *lateAnswer) Msg() *nats.Msg               { return l.m }
+
+func (s *slowAnswers) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	f, err := s.JetStream.PublishMsgAsync(m, opts...)
+	if err != nil {
+		return nil, err
+	}
+	late := &lateAnswer{m: m, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+	go func() {
+		select {
+		case pa := <-f.Ok():
+			time.Sleep(s.delay)
+			late.ok <- pa
+		case err := <-f.Err():
+			time.Sleep(s.delay)
+			late.err <- err
+		}
+	}()
+	return late, nil
+}
+
+// TestRecordBudgetFromTheBatch: a batch's first create returns at once,
+// the others after twice the record budget; the ledger's answers come
+// 20 ms late. The first request's budget
+// for its ledger writes starts when the batch takes its job, not when its
+// create ended, so it is not spent while the batch waits for the others:
+// every request is recorded by the batch. Not parallel: it shortens
+// recordWait.
+func TestRecordBudgetFromTheBatch(t *testing.T) {
+	defer func(w time.Duration) { recordWait = w }(recordWait)
+	recordWait = 300 * time.Millisecond
+	e := newEnv(t, 20)
+	const n = 3
+	for i, res := range []schemas.Resource{server1, server2, server2} { // the first in the batch is the fast one
+		e.request(t, "//test/budget", fmt.Sprint(i), "server-inventory", res, nil)
+	}
+	c, reg := e.newConsumer(t, testConfig(20), func(d *Deps) { d.COM = &slowOnServer2{COM: d.COM, hold: 2 * recordWait} })
+	c.handleBatch(t.Context(), t.Context(), oneBatch(t, e, c, &slowAnswers{JetStream: e.js, delay: 20 * time.Millisecond}, n))
+	c.inflight.Wait()
+	if got := counter(t, reg, "comjobs_consumer_alone_total"); got != 0 {
+		t.Errorf("%v requests left the batch, want none", got)
+	}
+	if got := counter(t, reg, "comjobs_consumer_submitted_total"); got != n {
+		t.Errorf("%v submitted by the batch, want %d", got, n)
+	}
 }

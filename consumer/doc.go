@@ -47,14 +47,16 @@
 // then the owner records, the submitted events and the submitted records
 // go out the same way, and the messages are acked. Messages then share the
 // connection's writes and JetStream's answers, and one goroutine waits per
-// step instead of one per request: a fifth less CPU per request (make
-// bench). The claim step's waits are bounded together (jsWait), not one
-// after another, and each request's later writes by its own record budget
-// from the end of its create, as alone. A request that leaves the common path at any step — it does not
+// step instead of one per request: about a tenth less CPU per request
+// (make bench). The claim step's waits are bounded together (jsWait), not
+// one after another, and each request's later writes by its own record
+// budget from when the batch takes its job, as alone from the end of its
+// create. A request that leaves the common path at any step — it does not
 // validate, its claim exists, a write is refused or fails, COM refuses or
-// fails the create, its create is far slower than the batch's others —
-// goes on alone from that step down the same code, so it ends exactly as
-// it would have (comjobs_consumer_alone_total counts them by step).
+// fails the create (it goes at once), its create is far slower than the
+// batch's others — goes on alone from that step down the same code, so it
+// ends exactly as it would have (comjobs_consumer_alone_total counts them
+// by step).
 //
 // Every fetched message is kept alive with InProgress from its arrival
 // until it is acked or handed back, and a pull asks for no more than the

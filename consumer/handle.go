@@ -675,10 +675,14 @@ func (c *Consumer) createIn(callCtx context.Context, r *request, le *ledgerEntry
 	return job, err
 }
 
+// recordWait bounds the ledger's writes after a create (a variable for
+// tests only).
+var recordWait = 15 * time.Second
+
 // recordCtx is the context the ledger is written in after a create: it
-// outlives ctx (a job COM created must be recorded) by at most 15 s.
+// outlives ctx (a job COM created must be recorded) by at most recordWait.
 func recordCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	return context.WithTimeout(context.WithoutCancel(ctx), recordWait)
 }
 
 // afterPost records the job a create returned, or sorts its failure.

@@ -52,7 +52,7 @@ type Config struct {
 	StalledRepeat time.Duration `envconfig:"STALLED_REPEAT" default:"1h" desc:"how often a STALLED job is reminded"`
 	WebhookSecret string        `envconfig:"WEBHOOK_SECRET" secret:"true" desc:"shared secret COM webhooks must send (X-Comjobs-Webhook-Secret); or ..._FILE"`
 
-	Workers      int    `envconfig:"WORKERS" default:"16" desc:"concurrent consumer workers"`
+	Workers      int    `envconfig:"WORKERS" default:"16" desc:"requests the consumer handles at once (in batches of up to 32)"`
 	PolicyFile   string `envconfig:"POLICY_FILE" desc:"authorisation policy file (JSON); without it every source may request everything"`
 	MaxEventSize int    `envconfig:"MAX_EVENT_SIZE" default:"65536" desc:"largest accepted request event, bytes"`
 
