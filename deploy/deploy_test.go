@@ -33,6 +33,7 @@ var metrics = map[string]struct{ kind, source string }{
 	"comjobs_consumer_dead_letters_total":       {"counter", "code"},
 	"comjobs_consumer_com_latency_seconds":      {"histogram", "code"},
 	"comjobs_consumer_paused":                   {"gauge", "code"},
+	"comjobs_consumer_alone_total":              {"counter", "code"},
 	"com_requests_total":                        {"counter", "code"},
 	"com_request_duration_seconds":              {"histogram", "code"},
 	"com_ratelimit_remaining":                   {"gauge", "code"},
