@@ -112,11 +112,9 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 		if !w.stored() {
 			return func() error { return c.afterClaim(ctx, r, w) }
 		}
-		rev, err := c.endClaim(ctx, r, w) // answered: does not wait
-		if err != nil {
+		if _, err := c.endClaim(ctx, r, w); err != nil { // answered: does not wait
 			return fail(err)
 		}
-		w.rev = rev
 		c.d.Hook("after-claim")
 		return nil
 	})
@@ -134,7 +132,7 @@ func (c *Consumer) handleBatch(stop, ctx context.Context, fs []fetched) {
 			it.cancelRec()
 		}
 	}(slices.Clone(items))
-	items = c.keep(stop, ctx, items, "create", func(it *item) func() error {
+	items = c.keep(stop, ctx, items, "owner", func(it *item) func() error {
 		r, job := it.r, it.job
 		c.posted(r, job)
 		f, err := c.ledger.ownAsync(job.ID, r.key)

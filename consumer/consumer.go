@@ -360,8 +360,7 @@ func (c *Consumer) takeBatches(stop, ctx context.Context, work <-chan fetched, s
 		}
 		slots <- struct{}{}
 		n := places.take(min(maxBatch, 1+len(work)))
-		if n == 0 || stop.Err() != nil {
-			places.give(n)
+		if n == 0 { // stopped: handleBatch would hand a batch back anyway
 			f.handBack()
 			continue
 		}

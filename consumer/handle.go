@@ -918,12 +918,8 @@ func (c *Consumer) endFinish(ctx context.Context, r *request, le *ledgerEntry, r
 
 // await waits for a publish's ack. An answer already in wins over ctx.
 func (c *Consumer) await(ctx context.Context, f jetstream.PubAckFuture) error {
-	select {
-	case <-f.Ok():
-		return nil
-	case err := <-f.Err():
+	if _, in, err := answered(f); in {
 		return err
-	default:
 	}
 	select {
 	case <-f.Ok():

@@ -106,6 +106,19 @@ func (l ledger) casAsync(key string, value []byte, guard string, rev uint64) (je
 	return f, nil
 }
 
+// answered returns JetStream's answer to f when it is in already, without
+// waiting; in is false while it is not.
+func answered(f jetstream.PubAckFuture) (seq uint64, in bool, err error) {
+	select {
+	case pa := <-f.Ok():
+		return pa.Sequence, true, nil
+	case err := <-f.Err():
+		return 0, true, err
+	default:
+		return 0, false, nil
+	}
+}
+
 // casEnd waits for casAsync(key, value, "", rev) and returns the new
 // revision, or errConflict. A create (rev 0) that fails because the key
 // holds a deletion marker is done again over the marker, as
@@ -156,12 +169,8 @@ func wait(ctx context.Context, f jetstream.PubAckFuture) error {
 // its stream sequence (the key's new revision). An answer already in wins
 // over ctx.
 func waitSeq(ctx context.Context, f jetstream.PubAckFuture) (uint64, error) {
-	select {
-	case pa := <-f.Ok():
-		return pa.Sequence, nil
-	case err := <-f.Err():
-		return 0, err
-	default:
+	if seq, in, err := answered(f); in {
+		return seq, err
 	}
 	t := time.NewTimer(jsWait)
 	defer t.Stop()
